@@ -1,0 +1,62 @@
+"""The errors ``audit_mw`` raises.
+
+Every error the package raises on purpose derives from :class:`AuditError`::
+
+    AuditError
+     +-- ConfigurationError     the package is set up wrongly (missing key, bad option, no DB)
+     +-- SchemaError            the audit schema is missing, outdated or tampered with
+     |    +-- TrackingError     a table cannot be tracked or untracked as asked
+     +-- EventWriteError        an application event could not be stored (fail-closed policy)
+     +-- IntegrityError         verification could not run (not: "the chain is broken")
+     +-- QueryError             bad input to the query/export API (a 400 in the admin routes)
+
+Messages are lower-case, say what was wrong and, where it helps, what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuditError",
+    "ConfigurationError",
+    "EventWriteError",
+    "IntegrityError",
+    "QueryError",
+    "SchemaError",
+    "TrackingError",
+]
+
+
+class AuditError(Exception):
+    """Base class of every error raised by ``audit_mw``."""
+
+
+class ConfigurationError(AuditError):
+    """The package is configured wrongly, or something it needs is missing."""
+
+
+class SchemaError(AuditError):
+    """The audit schema is missing, outdated, or differs from what the package installed."""
+
+
+class TrackingError(SchemaError):
+    """A table cannot be tracked or untracked as requested."""
+
+
+class EventWriteError(AuditError):
+    """An application event could not be written, and the failure policy is to raise."""
+
+
+class IntegrityError(AuditError):
+    """Integrity verification could not run (a broken chain is a result, not an error)."""
+
+
+class QueryError(AuditError):
+    """Invalid input to the query or export API.
+
+    ``parameter`` names the offending input, so that HTTP callers can be told which one.
+    """
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+        self.message = message
