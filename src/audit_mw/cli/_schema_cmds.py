@@ -1,0 +1,126 @@
+"""install, track, untrack, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from typing import Any
+
+from audit_mw.cli._connect import connect
+from audit_mw.errors import TrackingError
+from audit_mw.schema import install
+from audit_mw.tracking import Status, status, track, untrack
+
+
+def register(commands: Any) -> None:
+    p = commands.add_parser("install", help="install or upgrade the audit schema (idempotent)")
+    p.add_argument("--writer-role", action="append", default=[], metavar="ROLE",
+                   help="grant audit_writer (record app events) to ROLE; repeatable")
+    p.add_argument("--reader-role", action="append", default=[], metavar="ROLE",
+                   help="grant audit_reader (read the trail) to ROLE; repeatable")
+    p.set_defaults(handler=cmd_install)
+
+    p = commands.add_parser("track", help="capture row changes of tables")
+    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("--exclude", action="append", default=[], metavar="TABLE.COLUMN",
+                   help="never store this column; repeatable")
+    p.add_argument("--mask", action="append", default=[], metavar="TABLE.COLUMN",
+                   help="store this column as '[masked]'; repeatable")
+    p.add_argument("--allow-no-primary-key", action="store_true",
+                   help="track tables without a primary key (record_id is then NULL)")
+    p.set_defaults(handler=cmd_track)
+
+    p = commands.add_parser("untrack", help="stop capturing row changes of tables")
+    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.set_defaults(handler=cmd_untrack)
+
+    p = commands.add_parser(
+        "status", help="check the installed schema and triggers; exit 1 if anything is off")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_status)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        result = install(conn, writer_roles=args.writer_role, reader_roles=args.reader_role)
+    if result.applied:
+        print(f"installed audit schema version {result.version} "
+              f"(applied {', '.join(f'{v:04d}' for v in result.applied)}), owner {result.owner}")
+    else:
+        print(f"audit schema is current (version {result.version}), owner {result.owner}")
+    return 0
+
+
+def _split_columns(values: list[str], option: str) -> dict[str, list[str]]:
+    by_table: dict[str, list[str]] = defaultdict(list)
+    for value in values:
+        table, dot, column = value.rpartition(".")
+        if not dot or not table or not column:
+            raise TrackingError(f"--{option} {value!r}: expected TABLE.COLUMN")
+        by_table[table].append(column)
+    return by_table
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    excluded = _split_columns(args.exclude, "exclude")
+    masked = _split_columns(args.mask, "mask")
+    unknown = (excluded.keys() | masked.keys()) - set(args.tables)
+    if unknown:
+        raise TrackingError(
+            f"--exclude/--mask name tables not being tracked: {', '.join(sorted(unknown))}")
+    with connect(args) as conn:
+        for table in args.tables:
+            tracked = track(conn, table, exclude=excluded.get(table, ()),
+                            mask=masked.get(table, ()),
+                            allow_no_primary_key=args.allow_no_primary_key)
+            extras = []
+            if tracked.excluded:
+                extras.append(f"excluding {', '.join(tracked.excluded)}")
+            if tracked.masked:
+                extras.append(f"masking {', '.join(tracked.masked)}")
+            key = ", ".join(tracked.key_columns) or "none"
+            print(f"tracking {tracked.qualified_name} (key: {key})"
+                  + (f"; {'; '.join(extras)}" if extras else ""))
+    return 0
+
+
+def cmd_untrack(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        for table in args.tables:
+            untrack(conn, table)
+            print(f"stopped tracking {table}")
+    return 0
+
+
+def _status_dict(result: Status) -> dict[str, object]:
+    return {
+        "ok": result.ok,
+        "schema_version": result.schema_version,
+        "latest_version": result.latest_version,
+        "owner": result.owner,
+        "problems": list(result.problems),
+        "tables": [{"table": t.table, "ok": t.ok, "problems": list(t.problems)}
+                   for t in result.tables],
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        result = status(conn)
+    if args.json:
+        print(json.dumps(_status_dict(result), indent=2))
+        return 0 if result.ok else 1
+    print(f"schema version {result.schema_version} (latest {result.latest_version}), "
+          f"owner {result.owner or '-'}")
+    for problem in result.problems:
+        print(f"  PROBLEM: {problem}")
+    if not result.tables:
+        print("no tables tracked yet; run `audit-mw track TABLE`")
+    for table in result.tables:
+        if table.ok:
+            print(f"  {table.table}: ok")
+        for problem in table.problems:
+            print(f"  {table.table}: PROBLEM: {problem}")
+    print("status: ok" if result.ok else "status: NOT OK")
+    return 0 if result.ok else 1

@@ -1,0 +1,198 @@
+"""Installing and upgrading the audit schema.
+
+:func:`install` is idempotent: on an empty database it creates everything, on an older
+install it applies the migrations that are missing, and on a current install it changes
+nothing. Migrations are the numbered files in ``audit_mw/sql/migrations``; a released file is
+never edited, and a checksum recorded at install time proves it.
+
+The privilege model (see ``docs/index.md``):
+
+- ``audit_owner`` (NOLOGIN) owns the audit schema and everything in it. The application role
+  must not be, or be a member of, this role.
+- ``audit_reader`` (NOLOGIN) may read the trail; grant it to the roles of the admin routes.
+- ``audit_writer`` (NOLOGIN) may record application events through the functions made for
+  it; it never gets INSERT on the table. Grant it to the application role.
+
+These roles are created when the installing role may create roles (a superuser, or a role
+with CREATEROLE). Otherwise the installing role owns the schema, and :func:`status` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from audit_mw import _sql
+from audit_mw.errors import SchemaError
+
+__all__ = [
+    "OWNER_ROLE",
+    "READER_ROLE",
+    "WRITER_ROLE",
+    "InstallResult",
+    "install",
+    "installed_version",
+    "pinned_search_path",
+]
+
+OWNER_ROLE = "audit_owner"
+READER_ROLE = "audit_reader"
+WRITER_ROLE = "audit_writer"
+
+#: The oldest server the SQL is written for (pg_input_is_valid arrived in PostgreSQL 16).
+MIN_SERVER_VERSION = 160000
+
+
+@dataclass(frozen=True, slots=True)
+class InstallResult:
+    """What :func:`install` did."""
+
+    applied: tuple[int, ...]
+    version: int
+    owner: str
+    roles_created: tuple[str, ...] = field(default=())
+
+
+def installed_version(conn: psycopg.Connection[Any]) -> int:
+    """The newest migration applied to this database, 0 when the schema is not installed."""
+    with conn.cursor() as cur:
+        cur.execute(_sql.query("install", "schema_exists"))
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return 0
+        cur.execute(_sql.query("install", "applied_migrations"))
+        rows = cur.fetchall()
+    return max((int(r[0]) for r in rows), default=0)
+
+
+def install(
+    conn: psycopg.Connection[Any],
+    *,
+    writer_roles: tuple[str, ...] | list[str] = (),
+    reader_roles: tuple[str, ...] | list[str] = (),
+) -> InstallResult:
+    """Install or upgrade the audit schema in the database ``conn`` is connected to.
+
+    Runs in one transaction (all or nothing) under an advisory lock, so that two installers
+    never interleave. ``writer_roles`` are granted ``audit_writer`` (record app events) and
+    ``reader_roles`` ``audit_reader`` (read the trail). Raises :class:`SchemaError` when the
+    server is too old or a released migration differs from what was applied.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_sql.query("install", "lock"))
+        cur.execute(_sql.query("install", "role_facts"))
+        facts = cur.fetchone()
+        if facts is None:  # current_user always has a pg_roles row; be loud if not
+            raise SchemaError("cannot read the installing role from pg_roles")
+        if facts["server_version"] < MIN_SERVER_VERSION:
+            raise SchemaError(
+                f"audit_mw needs PostgreSQL 16 or newer; this server is "
+                f"{facts['server_version']}"
+            )
+        may_create_roles = bool(facts["is_superuser"] or facts["can_create_role"])
+        created = _ensure_roles(cur, may_create_roles) if may_create_roles else ()
+        owner = OWNER_ROLE if may_create_roles else str(facts["current_role"])
+        if may_create_roles and not facts["is_superuser"]:
+            # A CREATEROLE role administers the roles it created but must be a member to
+            # SET ROLE to the owner.
+            cur.execute(_sql.query("install", "grant_role_to_current").format(
+                role=sql.Identifier(OWNER_ROLE)))
+
+        cur.execute(_sql.query("install", "create_schema").format(owner=sql.Identifier(owner)))
+        if owner != facts["current_role"]:
+            cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
+        cur.execute(_sql.query("install", "create_migrations_table"))
+        applied = _apply_migrations(cur)
+        with pinned_search_path(cur):
+            _record_function_hashes(cur)
+        cur.execute("RESET ROLE")
+
+        if may_create_roles:
+            cur.execute(_sql.query("install", "grant_privileges").format(
+                reader=sql.Identifier(READER_ROLE), writer=sql.Identifier(WRITER_ROLE)))
+            for grantee in writer_roles:
+                cur.execute(_sql.query("install", "grant_role").format(
+                    role=sql.Identifier(WRITER_ROLE), grantee=sql.Identifier(grantee)))
+            for grantee in reader_roles:
+                cur.execute(_sql.query("install", "grant_role").format(
+                    role=sql.Identifier(READER_ROLE), grantee=sql.Identifier(grantee)))
+        elif writer_roles or reader_roles:
+            raise SchemaError(
+                "granting audit roles needs a role that may create roles (superuser or "
+                "CREATEROLE); run install as such a role, or grant privileges by hand"
+            )
+    return InstallResult(
+        applied=tuple(applied),
+        version=_sql.migrations()[-1].version,
+        owner=owner,
+        roles_created=created,
+    )
+
+
+@contextlib.contextmanager
+def pinned_search_path(cur: psycopg.Cursor[dict[str, object]]) -> Iterator[None]:
+    """Run a block with ``search_path`` set to ``pg_catalog, pg_temp``, then restore it.
+
+    Object definitions print names qualified relative to the search_path; hashing them under
+    one fixed path makes hashes comparable between sessions. The old path is restored
+    explicitly because the caller's transaction may go on after ours.
+    """
+    cur.execute(_sql.query("install", "pin_search_path"))
+    row = cur.fetchone()
+    if row is None:
+        raise SchemaError("cannot read search_path")
+    try:
+        yield
+    finally:
+        cur.execute(_sql.query("install", "restore_search_path"), {"old_path": row["old_path"]})
+
+
+def _ensure_roles(cur: psycopg.Cursor[dict[str, object]], _: bool) -> tuple[str, ...]:
+    created = []
+    for role in (OWNER_ROLE, READER_ROLE, WRITER_ROLE):
+        cur.execute(_sql.query("install", "role_exists"), {"role": role})
+        row = cur.fetchone()
+        if row and not next(iter(row.values())):
+            cur.execute(_sql.query("install", "create_role").format(role=sql.Identifier(role)))
+            created.append(role)
+    return tuple(created)
+
+
+def _apply_migrations(cur: psycopg.Cursor[dict[str, object]]) -> list[int]:
+    cur.execute(_sql.query("install", "applied_migrations"))
+    done = {int(str(r["version"])): str(r["checksum"]) for r in cur.fetchall()}
+    applied = []
+    for migration in _sql.migrations():
+        if migration.version in done:
+            if done[migration.version] != migration.checksum:
+                raise SchemaError(
+                    f"migration {migration.version:04d}_{migration.name} differs from the one "
+                    "applied to this database; released migrations must not be edited"
+                )
+            continue
+        # The package's own file, several statements: sent as one simple-protocol script.
+        cur.execute(sql.SQL(migration.text))
+        cur.execute(
+            _sql.query("install", "record_migration"),
+            {"version": migration.version, "name": migration.name,
+             "checksum": migration.checksum},
+        )
+        applied.append(migration.version)
+    return applied
+
+
+def _record_function_hashes(cur: psycopg.Cursor[dict[str, object]]) -> None:
+    cur.execute(_sql.query("install", "function_definitions"))
+    rows = cur.fetchall()
+    cur.execute(_sql.query("install", "clear_object_hashes"))
+    for row in rows:
+        cur.execute(
+            _sql.query("install", "record_object_hash"),
+            {"name": row["name"], "hash": row["definition_hash"]},
+        )

@@ -1,0 +1,276 @@
+"""Turning row-change capture on and off per table, and reporting its state.
+
+:func:`track` reads the table's primary key from the catalog once, and creates four triggers
+on it (``audit_mw_insert``, ``audit_mw_update``, ``audit_mw_delete``, ``audit_mw_truncate``)
+whose arguments carry the key, excluded and masked columns, so nothing is looked up per row.
+
+:func:`status` compares what is installed with what the package installed: every function of
+the audit schema against the hash recorded at install time, every tracked table's triggers
+against the hash recorded at track time, and the append-only guards on ``audit.events``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from audit_mw import _sql
+from audit_mw.errors import SchemaError, TrackingError
+from audit_mw.schema import installed_version, pinned_search_path
+
+__all__ = ["TableStatus", "TrackedTable", "status", "track", "untrack"]
+
+TRIGGER_NAMES = ("audit_mw_delete", "audit_mw_insert", "audit_mw_truncate", "audit_mw_update")
+GUARD_TRIGGERS = ("events_append_only", "events_no_truncate")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedTable:
+    """A table whose row changes are captured."""
+
+    schema_name: str
+    table_name: str
+    key_columns: tuple[str, ...]
+    excluded: tuple[str, ...] = ()
+    masked: tuple[str, ...] = ()
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+@dataclass(frozen=True, slots=True)
+class TableStatus:
+    """The state of one tracked table's triggers: ``ok``, or what is wrong."""
+
+    table: str
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The result of :func:`status`. ``ok`` is False when anything needs attention."""
+
+    schema_version: int
+    latest_version: int
+    owner: str | None
+    tables: tuple[TableStatus, ...] = ()
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(t.ok for t in self.tables)
+
+
+def _pg_text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal for trigger arguments (which must be plain strings)."""
+    quoted = (
+        '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
+    )
+    return "{" + ",".join(quoted) + "}"
+
+
+def _require_schema(conn: psycopg.Connection[Any]) -> None:
+    if installed_version(conn) == 0:
+        raise SchemaError("the audit schema is not installed here; run `audit-mw install` first")
+
+
+def _resolve(cur: psycopg.Cursor[dict[str, object]], name: str) -> dict[str, object]:
+    try:
+        cur.execute(_sql.query("track", "resolve_table"), {"name": name})
+    except psycopg.errors.InvalidName as exc:
+        raise TrackingError(f"{name!r} is not a valid table name: {exc}") from None
+    row = cur.fetchone()
+    if row is None:
+        raise TrackingError(f"table {name!r} does not exist (or is not on the search_path)")
+    if row["relkind"] not in ("r", "p"):
+        raise TrackingError(f"{name!r} is not a table; only tables (plain or partitioned) "
+                            "can be tracked; changes through views reach their base tables")
+    return row
+
+
+def _hash_triggers(definitions: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for definition in definitions:
+        digest.update(definition.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def track(
+    conn: psycopg.Connection[Any],
+    table: str,
+    *,
+    exclude: Iterable[str] = (),
+    mask: Iterable[str] = (),
+    allow_no_primary_key: bool = False,
+) -> TrackedTable:
+    """Capture every row change of ``table`` into ``audit.events``.
+
+    ``table`` is resolved like in SQL (``users``, ``public.users``, ``"Odd Name"``).
+    ``exclude`` names columns that never reach the trail (and whose changes alone write no
+    audit row); ``mask`` names columns stored as ``"[masked]"`` (the fact of a change is kept,
+    the value is not). A table without a primary key is refused unless
+    ``allow_no_primary_key`` is set; its rows are then recorded with a NULL ``record_id``.
+    Tracking an already tracked table replaces its options. Runs in its own transaction.
+    """
+    excluded = tuple(dict.fromkeys(exclude))
+    masked = tuple(dict.fromkeys(mask))
+    _require_schema(conn)
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_sql.query("install", "lock"))
+        info = _resolve(cur, table)
+        cur.execute(_sql.query("track", "table_columns"), {"oid": info["oid"]})
+        columns = [str(r["name"]) for r in cur.fetchall()]
+        cur.execute(_sql.query("track", "primary_key_columns"), {"oid": info["oid"]})
+        keys = tuple(str(r["name"]) for r in cur.fetchall())
+        qualified = f"{info['schema_name']}.{info['table_name']}"
+        if not keys and not allow_no_primary_key:
+            raise TrackingError(
+                f"table {qualified} has no primary key, so its rows cannot be told apart in "
+                "the trail; add one, or track it with allow_no_primary_key "
+                "(--allow-no-primary-key) to record its changes with a NULL record_id"
+            )
+        for option, names in (("exclude", excluded), ("mask", masked)):
+            unknown = [n for n in names if n not in columns]
+            if unknown:
+                raise TrackingError(
+                    f"{option}: {qualified} has no column {', '.join(map(repr, unknown))}")
+            in_key = [n for n in names if n in keys]
+            if in_key:
+                raise TrackingError(
+                    f"{option}: {', '.join(map(repr, in_key))} is part of the primary key of "
+                    f"{qualified}; key columns identify the record and are always recorded")
+        both = set(excluded) & set(masked)
+        if both:
+            raise TrackingError(f"columns {sorted(both)} are both excluded and masked; pick one")
+
+        target = sql.Identifier(str(info["schema_name"]), str(info["table_name"]))
+        cur.execute(_sql.query("track", "drop_triggers").format(table=target))
+        cur.execute(_sql.query("track", "create_triggers").format(
+            table=target,
+            keys=sql.Literal(_pg_text_array(keys)),
+            excluded=sql.Literal(_pg_text_array(excluded)),
+            masked=sql.Literal(_pg_text_array(masked)),
+            schema_name=sql.Literal(str(info["schema_name"])),
+            table_name=sql.Literal(str(info["table_name"])),
+        ))
+        with pinned_search_path(cur):
+            cur.execute(_sql.query("track", "table_triggers"), {"oid": info["oid"]})
+            installed = cur.fetchall()
+        trigger_hash = _hash_triggers(str(r["definition"]) for r in installed)
+        for row in installed:
+            cur.execute(_sql.query("track", "comment_trigger").format(
+                trigger=sql.Identifier(str(row["name"])),
+                table=target,
+                comment=sql.Literal(f"audit_mw capture trigger; set hash {trigger_hash}"),
+            ))
+        cur.execute(_sql.query("track", "upsert_tracked"), {
+            "schema_name": info["schema_name"], "table_name": info["table_name"],
+            "key_columns": list(keys), "excluded": list(excluded), "masked": list(masked),
+            "trigger_hash": trigger_hash,
+        })
+    return TrackedTable(str(info["schema_name"]), str(info["table_name"]), keys, excluded, masked)
+
+
+def untrack(conn: psycopg.Connection[Any], table: str) -> None:
+    """Stop capturing ``table``: drop its triggers. Its past audit rows stay."""
+    _require_schema(conn)
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_sql.query("install", "lock"))
+        info = _resolve(cur, table)
+        target = sql.Identifier(str(info["schema_name"]), str(info["table_name"]))
+        cur.execute(_sql.query("track", "drop_triggers").format(table=target))
+        cur.execute(_sql.query("track", "delete_tracked"),
+                    {"schema_name": info["schema_name"], "table_name": info["table_name"]})
+        if cur.rowcount == 0:
+            raise TrackingError(f"table {info['schema_name']}.{info['table_name']} "
+                                "is not tracked")
+
+
+def status(conn: psycopg.Connection[Any]) -> Status:
+    """Compare the installed audit objects with what the package installed.
+
+    Reports, per tracked table, whether its four triggers are present, enabled and current,
+    and for the schema, whether the version is the latest, every function is unchanged and
+    the append-only guards are in place and enabled. Read-only.
+    """
+    from audit_mw._sql import migrations  # noqa: PLC0415 - avoid a cycle at import time
+
+    latest = migrations()[-1].version
+    version = installed_version(conn)
+    if version == 0:
+        return Status(0, latest, None, problems=("the audit schema is not installed",))
+    problems: list[str] = []
+    tables: list[TableStatus] = []
+    with (conn.transaction(), conn.cursor(row_factory=dict_row) as cur,
+          pinned_search_path(cur)):
+        cur.execute(_sql.query("install", "schema_owner"))
+        owner_row = cur.fetchone()
+        owner = str(owner_row["owner"]) if owner_row else None
+        if version < latest:
+            problems.append(f"schema version {version} is older than {latest}; "
+                            "run `audit-mw install` to upgrade")
+        problems += _function_problems(cur)
+        cur.execute(_sql.query("install", "guard_triggers"))
+        guards = {str(r["name"]): str(r["enabled"]) for r in cur.fetchall()}
+        for name in GUARD_TRIGGERS:
+            if name not in guards:
+                problems.append(f"append-only guard {name} on audit.events is missing")
+            elif guards[name] == "D":
+                problems.append(f"append-only guard {name} on audit.events is disabled")
+        cur.execute(_sql.query("track", "tracked_tables"))
+        for tracked in cur.fetchall():
+            tables.append(_table_status(cur, tracked))
+    return Status(version, latest, owner, tuple(tables), tuple(problems))
+
+
+def _function_problems(cur: psycopg.Cursor[dict[str, object]]) -> list[str]:
+    cur.execute(_sql.query("install", "object_hashes"))
+    expected = {str(r["object_name"]): str(r["definition_hash"]) for r in cur.fetchall()}
+    cur.execute(_sql.query("install", "function_definitions"))
+    actual = {str(r["name"]): str(r["definition_hash"]) for r in cur.fetchall()}
+    problems = []
+    for name in sorted(expected.keys() - actual.keys()):
+        problems.append(f"function {name} is missing")
+    for name in sorted(actual.keys() - expected.keys()):
+        problems.append(f"function {name} was not installed by audit_mw")
+    for name in sorted(expected.keys() & actual.keys()):
+        if expected[name] != actual[name]:
+            problems.append(f"function {name} differs from the installed definition")
+    return problems
+
+
+def _table_status(
+    cur: psycopg.Cursor[dict[str, object]], tracked: dict[str, object]
+) -> TableStatus:
+    name = f"{tracked['schema_name']}.{tracked['table_name']}"
+    if tracked["oid"] is None:
+        return TableStatus(name, ("table no longer exists",))
+    cur.execute(_sql.query("track", "table_triggers"), {"oid": tracked["oid"]})
+    triggers = cur.fetchall()
+    present = {str(t["name"]): t for t in triggers}
+    problems = []
+    for trigger in TRIGGER_NAMES:
+        if trigger not in present:
+            problems.append(f"trigger {trigger} is missing")
+        elif present[trigger]["enabled"] == "D":
+            problems.append(f"trigger {trigger} is disabled")
+        elif present[trigger]["enabled"] == "R":
+            problems.append(f"trigger {trigger} fires only in replica mode")
+    if not problems:
+        current = _hash_triggers(str(t["definition"]) for t in triggers)
+        if current != tracked["trigger_hash"]:
+            problems.append("triggers differ from the ones audit_mw created "
+                            "(outdated or changed); run `audit-mw track` again")
+    return TableStatus(name, tuple(problems))

@@ -1,0 +1,143 @@
+"""Test harness: a real PostgreSQL for every database test.
+
+- With ``DATABASE_URL`` set, that server is used (the role needs CREATEDB and CREATEROLE).
+- Otherwise one embedded PostgreSQL server is started for the whole session.
+
+A template database gets the audit schema once; each test that asks for ``dsn`` or ``conn``
+gets a fresh database cloned from it. A test that needs a database and cannot get one fails:
+nothing here skips.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from audit_mw.embedded import EmbeddedServer, resolve_dsn
+from audit_mw.schema import install
+
+#: A login role without privileges beyond what the tests grant: the "application".
+APP_ROLE = "audit_mw_test_app"
+
+
+class Cluster:
+    """A PostgreSQL server the tests may create databases and roles on."""
+
+    def __init__(self, admin_dsn: str, server: EmbeddedServer | None) -> None:
+        self.admin_dsn = admin_dsn
+        self.server = server
+
+    def dsn(self, dbname: str, user: str | None = None) -> str:
+        params = psycopg.conninfo.conninfo_to_dict(self.admin_dsn)
+        params["dbname"] = dbname
+        if user is not None:
+            params["user"] = user
+            params.pop("password", None)
+        return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items()})
+
+    def admin(self) -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(self.admin_dsn, autocommit=True)
+
+    def create_database(self, template: str | None = None) -> str:
+        name = f"audit_mw_t_{uuid.uuid4().hex[:12]}"
+        with self.admin() as conn:
+            if template is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            else:
+                conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(name), sql.Identifier(template)))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    external = resolve_dsn()
+    if external:
+        yield Cluster(external, None)
+        return
+    server = EmbeddedServer(
+        tmp_path_factory.mktemp("pg") / "data",
+        # Durability is not under test; speed is welcome.
+        settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                  "max_connections": "300"},
+    )
+    server.start()
+    try:
+        yield Cluster(server.dsn(), server)
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def template_db(cluster: Cluster) -> Iterator[str]:
+    with cluster.admin() as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [APP_ROLE]).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(APP_ROLE)))
+    name = cluster.create_database()
+    with psycopg.connect(cluster.dsn(name)) as conn:
+        install(conn, writer_roles=[APP_ROLE])
+        # The application owns nothing in the audit schema, but may use its own tables.
+        conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(APP_ROLE)))
+    try:
+        yield name
+    finally:
+        cluster.drop_database(name)
+
+
+@pytest.fixture
+def database(cluster: Cluster, template_db: str) -> Iterator[str]:
+    """The name of a fresh database with the audit schema installed."""
+    name = cluster.create_database(template=template_db)
+    try:
+        yield name
+    finally:
+        cluster.drop_database(name)
+
+
+@pytest.fixture
+def dsn(cluster: Cluster, database: str) -> str:
+    """A superuser DSN for a fresh database with the audit schema installed."""
+    return cluster.dsn(database)
+
+
+@pytest.fixture
+def app_dsn(cluster: Cluster, database: str) -> str:
+    """A DSN for the same database as ``dsn``, logged in as the unprivileged app role."""
+    return cluster.dsn(database, user=APP_ROLE)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A superuser connection (autocommit) to a fresh database with the schema installed."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def empty_dsn(cluster: Cluster) -> Iterator[str]:
+    """A DSN for a fresh database without the audit schema."""
+    name = cluster.create_database()
+    try:
+        yield cluster.dsn(name)
+    finally:
+        cluster.drop_database(name)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    source = "DATABASE_URL" if resolve_dsn() else "embedded PostgreSQL"
+    return f"audit_mw database: {source}; CI={os.environ.get('CI', '')}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
