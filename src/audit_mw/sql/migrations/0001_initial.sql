@@ -27,7 +27,14 @@ CREATE TABLE audit.events (
     db_role           text NOT NULL DEFAULT session_user,
     application_name  text,
     client_addr       inet,
-    txid              xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
+    txid              xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    -- Application events (kind 'auth', 'admin', 'access'; NULL on row changes):
+    event_id          uuid,
+    success           boolean,
+    reason            text,
+    resource_type     text,
+    resource_id       text,
+    metadata          jsonb
 );
 
 COMMENT ON TABLE audit.events IS
@@ -35,6 +42,8 @@ COMMENT ON TABLE audit.events IS
 COMMENT ON COLUMN audit.events.record_id IS
     'primary key of the changed row: the value as text for one key column, '
     'a JSON array of the values in key order for a composite key, NULL without a key';
+COMMENT ON COLUMN audit.events.event_id IS
+    'client-generated id of an application event; unique, so a retried write is stored once';
 COMMENT ON COLUMN audit.events.context_issues IS
     'malformed session context that was stored safely: user_id_truncated, client_ip_invalid, '
     'request_id_truncated, user_agent_truncated, extra_invalid';
@@ -43,6 +52,7 @@ COMMENT ON COLUMN audit.events.context_issues IS
 CREATE INDEX events_record_idx ON audit.events (table_name, record_id, id);
 CREATE INDEX events_user_time_idx ON audit.events (app_user_id, occurred_at);
 CREATE INDEX events_time_brin_idx ON audit.events USING brin (occurred_at);
+CREATE UNIQUE INDEX events_event_id_key ON audit.events (event_id) WHERE event_id IS NOT NULL;
 
 -- Which tables are tracked, and how. Written by track()/untrack(), read by status().
 CREATE TABLE audit.tracked_tables (
