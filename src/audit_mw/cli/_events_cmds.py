@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
+
+import structlog
 
 from audit_mw.cli._connect import connect
 from audit_mw.errors import ConfigurationError
@@ -32,6 +35,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not path:
         raise ConfigurationError(f"no spool given: pass --spool PATH or set ${SPOOL_ENV}")
     spool = Spool(path)
+    if not structlog.is_configured():
+        # Event records go to stderr, so that stdout holds only the report (--json).
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     with connect(args) as conn:
         conn.autocommit = True  # each batch runs in its own transaction
         result = replay(conn, spool)
