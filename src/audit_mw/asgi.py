@@ -169,7 +169,10 @@ def _echoing(send: Send, name: bytes, value: bytes) -> Send:
     async def send_with_request_id(message: Message) -> None:
         if message["type"] in _RESPONSE_STARTS:
             headers = message.get("headers") or ()
-            if not any(key.lower() == name for key, _ in headers):
+            for key, _ in headers:
+                if key.lower() == name:
+                    break
+            else:
                 # A new list and message: the app may reuse its own (a module-level
                 # response object, say), and must not see our header pile up in it.
                 message = {**message, "headers": [*headers, (name, value)]}
