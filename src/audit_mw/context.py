@@ -105,9 +105,9 @@ def _normalise_ip(value: str) -> str:
 
 def _check_text(name: str, value: object, limit: int) -> str:
     if type(value) is not str:
-        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     if not value:
-        raise ValueError(f"{name} must not be empty; use None for 'absent'")
+        raise ValueError(f"{name} must not be empty")
     if len(value) > limit:
         raise ValueError(f"{name} is {len(value)} characters long; the limit is {limit}")
     if "\x00" in value:
