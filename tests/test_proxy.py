@@ -147,6 +147,9 @@ PROXY_CASES: tuple[ProxyCase, ...] = (
 def test_resolve_client_ip(case: ProxyCase) -> None:
     trusted = TrustedProxies(case.trusted, header=case.header)
     assert resolve_client_ip(case.peer, case.headers, trusted) == case.expected
+    # The middlewares pick the header's values out themselves and call resolve().
+    picked = [value for name, value in case.headers if name.lower() == case.header]
+    assert trusted.resolve(case.peer, picked) == case.expected
 
 
 def test_case_ids_are_unique() -> None:

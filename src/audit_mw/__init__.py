@@ -1,5 +1,24 @@
-"""audit_mw: a compliance-grade, tamper-evident audit trail for Python web apps on PostgreSQL."""
+"""audit_mw: a compliance-grade, tamper-evident audit trail for Python web apps on PostgreSQL.
 
+The names users need are re-exported here; the modules behind them are:
+
+- :mod:`audit_mw.context`: the request's audit context (a ContextVar), ``audit_context``;
+- :mod:`audit_mw.asgi`, :mod:`audit_mw.wsgi`: the middleware that binds it per request;
+- :mod:`audit_mw.proxy`: trusted-proxy client IP resolution;
+- :mod:`audit_mw.schema`, :mod:`audit_mw.tracking`: install the schema, track tables, status;
+- :mod:`audit_mw.errors`: the error tree.
+"""
+
+from audit_mw.asgi import AuditMiddleware
+from audit_mw.context import (
+    SETTING_NAMES,
+    AuditContext,
+    audit_context,
+    bind,
+    current,
+    reset,
+    set_user,
+)
 from audit_mw.errors import (
     AuditError,
     ConfigurationError,
@@ -9,15 +28,34 @@ from audit_mw.errors import (
     SchemaError,
     TrackingError,
 )
+from audit_mw.proxy import TrustedProxies, resolve_client_ip
+from audit_mw.schema import install
+from audit_mw.tracking import status, track, untrack
+from audit_mw.wsgi import WSGIAuditMiddleware
 
 __all__ = [
+    "SETTING_NAMES",
+    "AuditContext",
     "AuditError",
+    "AuditMiddleware",
     "ConfigurationError",
     "EventWriteError",
     "IntegrityError",
     "QueryError",
     "SchemaError",
     "TrackingError",
+    "TrustedProxies",
+    "WSGIAuditMiddleware",
+    "audit_context",
+    "bind",
+    "current",
+    "install",
+    "reset",
+    "resolve_client_ip",
+    "set_user",
+    "status",
+    "track",
+    "untrack",
 ]
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from audit_mw.context import USER_AGENT_MAX_LENGTH, AuditContext, is_valid_request_id
 from audit_mw.errors import ConfigurationError
-from audit_mw.proxy import TrustedProxies, resolve_client_ip
+from audit_mw.proxy import TrustedProxies
 
 #: The user recorded for a request that no one is logged in to.
 ANONYMOUS: Final = "anonymous"
@@ -91,6 +91,8 @@ def choose_request_id(options: Options, incoming: str | None) -> str:
     if incoming is not None and options.trust_request_id and is_valid_request_id(incoming):
         return incoming
     generated = options.generate_request_id()
+    if options.generate_request_id is new_request_id:
+        return generated  # always well-formed; skip the check on the hot path
     if not isinstance(generated, str) or not is_valid_request_id(generated):
         raise ConfigurationError(
             f"generate_request_id returned {generated!r}, which is not a valid request id"
@@ -112,10 +114,7 @@ def build_context(
     A ``None`` user is recorded as :data:`ANONYMOUS`: an HTTP request always has an
     actor, and ``None`` is kept for work outside any request.
     """
-    trusted = options.trusted
-    client_ip = resolve_client_ip(
-        peer, [(trusted.header, value) for value in forwarded] if forwarded else (), trusted
-    )
+    client_ip = options.trusted.resolve(peer, forwarded)
     limit = options.user_agent_max
     return AuditContext(
         user_id=user_id or ANONYMOUS,

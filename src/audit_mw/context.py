@@ -105,9 +105,9 @@ def _normalise_ip(value: str) -> str:
 
 def _check_text(name: str, value: object, limit: int) -> str:
     if type(value) is not str:
-        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     if not value:
-        raise ValueError(f"{name} must not be empty; use None for 'absent'")
+        raise ValueError(f"{name} must not be empty")
     if len(value) > limit:
         raise ValueError(f"{name} is {len(value)} characters long; the limit is {limit}")
     if "\x00" in value:
@@ -152,26 +152,42 @@ class AuditContext:
     )
 
     def __post_init__(self) -> None:
-        if self.user_id is not None:
-            _check_text("user_id", self.user_id, USER_ID_MAX_LENGTH)
-        if self.client_ip is not None:
-            if type(self.client_ip) is not str:
-                raise TypeError(f"client_ip must be a str or None, not {type(self.client_ip)}")
+        # Each check has an inline fast path for the valid case: the middlewares build
+        # a context per request, and these checks are most of its cost.
+        user_id = self.user_id
+        if user_id is not None and (
+            type(user_id) is not str
+            or not user_id
+            or len(user_id) > USER_ID_MAX_LENGTH
+            or "\x00" in user_id
+        ):
+            _check_text("user_id", user_id, USER_ID_MAX_LENGTH)
+        client_ip = self.client_ip
+        if client_ip is not None:
+            if type(client_ip) is not str:
+                raise TypeError(f"client_ip must be a str or None, not {type(client_ip).__name__}")
             try:
-                normalised = _normalise_ip(self.client_ip)
+                normalised = _normalise_ip(client_ip)
             except ValueError:
-                raise ValueError(f"client_ip {self.client_ip!r} is not an IP address") from None
-            if normalised != self.client_ip:
+                raise ValueError(f"client_ip {client_ip!r} is not an IP address") from None
+            if normalised != client_ip:
                 object.__setattr__(self, "client_ip", normalised)
-        if self.request_id is not None and (
-            type(self.request_id) is not str or not is_valid_request_id(self.request_id)
+        request_id = self.request_id
+        if request_id is not None and (
+            type(request_id) is not str or _REQUEST_ID_RE.fullmatch(request_id) is None
         ):
             raise ValueError(
-                f"request_id {self.request_id!r} is not 1-{REQUEST_ID_MAX_LENGTH}"
+                f"request_id {request_id!r} is not 1-{REQUEST_ID_MAX_LENGTH}"
                 " characters of A-Z a-z 0-9 . _ : / + = @ -"
             )
-        if self.user_agent is not None:
-            self._cap_user_agent(self.user_agent)
+        user_agent = self.user_agent
+        if user_agent is not None and (
+            type(user_agent) is not str
+            or not user_agent
+            or len(user_agent) > USER_AGENT_MAX_LENGTH
+            or "\x00" in user_agent
+        ):
+            self._cap_user_agent(user_agent)
         if self.extra is not _NO_EXTRA:
             object.__setattr__(self, "extra", _freeze_extra(self.extra))
 
@@ -179,8 +195,7 @@ class AuditContext:
         if type(value) is not str:
             raise TypeError(f"user_agent must be a str or None, not {type(value).__name__}")
         capped: str | None = value[:USER_AGENT_MAX_LENGTH].replace("\x00", "\ufffd") or None
-        if capped != value:
-            object.__setattr__(self, "user_agent", capped)
+        object.__setattr__(self, "user_agent", capped)
 
     def settings(self) -> dict[str, str]:
         """The PostgreSQL settings that carry this context, keyed by :data:`SETTING_NAMES`.

@@ -25,7 +25,7 @@ One pure implementation shared by the ASGI and WSGI middlewares. The rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Final, NamedTuple, TypeAlias
@@ -221,6 +221,35 @@ class TrustedProxies:
         node = _parse(peer) if peer else None
         return node is not None and self._holds(node.version, node.value)
 
+    def resolve(self, peer: str | None, forwarded: Sequence[str]) -> str | None:
+        """Like :func:`resolve_client_ip`, given the values of :attr:`header` in order.
+
+        For callers that have already picked the header out, as the middlewares do.
+        """
+        peer_node = _parse(peer) if peer else None
+        if not self._networks and not self._unix:
+            return None if peer_node is None else peer_node.text
+        if peer_node is None:
+            if not (self._unix and _is_unix_peer(peer)):
+                return None
+        elif not self._holds(peer_node.version, peer_node.value):
+            return peer_node.text
+        best = peer_node
+        if forwarded:
+            entries = ",".join(forwarded).rsplit(",", MAX_HOPS)
+            if len(entries) > MAX_HOPS:
+                # The leftmost piece holds everything beyond the examined hops; leave it.
+                del entries[0]
+            parse = _parse if self.header == "x-forwarded-for" else _parse_forwarded_element
+            for entry in reversed(entries):
+                node = parse(entry)
+                if node is None:
+                    break
+                best = node
+                if not self._holds(node.version, node.value):
+                    break
+        return None if best is None else best.text
+
 
 def resolve_client_ip(
     peer: str | None,
@@ -235,24 +264,7 @@ def resolve_client_ip(
     A peer that is not an IP address (a test client's name, a Unix socket) yields ``None``
     unless a trusted proxy behind it names the client. Never raises on header content.
     """
-    peer_node = _parse(peer) if peer else None
-    if not trusted or not trusted.trusts_peer(peer):
-        return None if peer_node is None else peer_node.text
+    if not trusted:
+        return trusted.resolve(peer, ())
     wanted = trusted.header
-    values = [value for name, value in headers if name.lower() == wanted]
-    best = peer_node
-    if values:
-        entries = ",".join(values).rsplit(",", MAX_HOPS)
-        if len(entries) > MAX_HOPS:
-            # The leftmost piece holds everything beyond the examined hops; leave it.
-            del entries[0]
-        parse = _parse if wanted == "x-forwarded-for" else _parse_forwarded_element
-        holds = trusted._holds
-        for entry in reversed(entries):
-            node = parse(entry)
-            if node is None:
-                break
-            best = node
-            if not holds(node.version, node.value):
-                break
-    return None if best is None else best.text
+    return trusted.resolve(peer, [value for name, value in headers if name.lower() == wanted])

@@ -142,7 +142,10 @@ def _echoing(start_response: StartResponse, name: str, value: str) -> StartRespo
     def start_response_with_request_id(
         status: str, headers: list[tuple[str, str]], exc_info: Any = None, /
     ) -> Callable[[bytes], object]:
-        if not any(key.lower() == lowered for key, _ in headers):
+        for key, _ in headers:
+            if key.lower() == lowered:
+                break
+        else:
             # A new list: the app may reuse the one it passed.
             headers = [*headers, (name, value)]
         return start_response(status, headers, exc_info)
