@@ -11,6 +11,8 @@ nothing here skips.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,13 +63,15 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     external = resolve_dsn()
     if external:
         yield Cluster(external, None)
         return
+    # Not under pytest's tmp_path: pytest prunes old base temp folders when several runs
+    # overlap, which would pull the data directory out from under a running server.
     server = EmbeddedServer(
-        tmp_path_factory.mktemp("pg") / "data",
+        Path(tempfile.mkdtemp(prefix="audit_mw_test_pg_")) / "data",
         # Durability is not under test; speed is welcome.
         settings={"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
                   "max_connections": "300"},
@@ -77,6 +81,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(server.dsn(), server)
     finally:
         server.destroy()
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +146,13 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A folder for a test's own embedded server, outside pytest's prunable tmp_path."""
+    folder = Path(tempfile.mkdtemp(prefix="audit_mw_test_"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

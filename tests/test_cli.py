@@ -73,10 +73,10 @@ def test_unreachable_database_is_a_clear_error(capsys: pytest.CaptureFixture[str
     assert "cannot connect to the database" in capsys.readouterr().err
 
 
-def test_quick_start_on_the_embedded_server(tmp_path: Path) -> None:
+def test_quick_start_on_the_embedded_server(server_dir: Path) -> None:
     """The README's first command path: no DATABASE_URL, the CLI starts its own server."""
     env: dict[str, Any] = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["AUDIT_MW_HOME"] = str(tmp_path)
+    env["AUDIT_MW_HOME"] = str(server_dir)
     cli = [sys.executable, "-m", "audit_mw.cli"]
     try:
         install = subprocess.run([*cli, "install"], env=env, capture_output=True, text=True,

@@ -34,8 +34,8 @@ APP_ROLE = "audit_mw_outage_app"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
-    own = EmbeddedServer(tmp_path / "pg", settings={"fsync": "off", "max_connections": "20"})
+def server(server_dir: Path) -> Iterator[EmbeddedServer]:
+    own = EmbeddedServer(server_dir / "pg", settings={"fsync": "off", "max_connections": "20"})
     own.start()
     try:
         with psycopg.connect(own.dsn(), autocommit=True) as conn:

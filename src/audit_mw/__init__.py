@@ -5,6 +5,7 @@ The names users need are re-exported here; the modules behind them are:
 - :mod:`audit_mw.context`: the request's audit context (a ContextVar), ``audit_context``;
 - :mod:`audit_mw.asgi`, :mod:`audit_mw.wsgi`: the middleware that binds it per request;
 - :mod:`audit_mw.proxy`: trusted-proxy client IP resolution;
+- :mod:`audit_mw.events`: authentication, admin and data-access events (sync and async);
 - :mod:`audit_mw.schema`, :mod:`audit_mw.tracking`: install the schema, track tables, status;
 - :mod:`audit_mw.errors`: the error tree.
 """
@@ -28,6 +29,20 @@ from audit_mw.errors import (
     SchemaError,
     TrackingError,
 )
+from audit_mw.events import (
+    AccessAction,
+    AdminAction,
+    AuthAction,
+    EventResult,
+    EventSettings,
+    alog_access,
+    alog_auth_event,
+    alog_event,
+    configure_events,
+    log_access,
+    log_auth_event,
+    log_event,
+)
 from audit_mw.proxy import TrustedProxies, resolve_client_ip
 from audit_mw.schema import install
 from audit_mw.tracking import status, track, untrack
@@ -35,10 +50,15 @@ from audit_mw.wsgi import WSGIAuditMiddleware
 
 __all__ = [
     "SETTING_NAMES",
+    "AccessAction",
+    "AdminAction",
     "AuditContext",
     "AuditError",
     "AuditMiddleware",
+    "AuthAction",
     "ConfigurationError",
+    "EventResult",
+    "EventSettings",
     "EventWriteError",
     "IntegrityError",
     "QueryError",
@@ -46,10 +66,17 @@ __all__ = [
     "TrackingError",
     "TrustedProxies",
     "WSGIAuditMiddleware",
+    "alog_access",
+    "alog_auth_event",
+    "alog_event",
     "audit_context",
     "bind",
+    "configure_events",
     "current",
     "install",
+    "log_access",
+    "log_auth_event",
+    "log_event",
     "reset",
     "resolve_client_ip",
     "set_user",

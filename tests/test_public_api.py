@@ -1,0 +1,24 @@
+"""The public surface: what `import audit_mw` offers, and what it must not drag in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import audit_mw
+
+
+def test_all_names_exist_and_are_sorted() -> None:
+    for name in audit_mw.__all__:
+        assert hasattr(audit_mw, name), name
+    def group(name: str) -> int:
+        return 0 if name.isupper() else 1 if name[0].isupper() else 2
+    assert audit_mw.__all__ == sorted(audit_mw.__all__, key=lambda n: (group(n), n))
+
+
+def test_core_import_does_not_import_starlette() -> None:
+    # Only the admin sub-app may import Starlette; the core path stays framework-free.
+    code = "import sys, audit_mw; print('starlette' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
