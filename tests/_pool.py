@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import pq
+from psycopg import pq, sql
 from psycopg.rows import dict_row
 
 from audit_mw.context import SETTING_NAMES
@@ -30,7 +30,7 @@ def create_notes(conn: psycopg.Connection[Any], grant_to: str | None = None) -> 
             body text
         )""")
     if grant_to:
-        conn.execute(f'GRANT ALL ON notes TO "{grant_to}"')
+        conn.execute(sql.SQL("GRANT ALL ON notes TO {}").format(sql.Identifier(grant_to)))
     track(conn, "notes")
 
 
