@@ -328,8 +328,10 @@ def test_async_checkout_cancelled_while_applying_returns_the_connection(
             # Cancelled at various points of the checkout, the apply included; some of the
             # later ones may finish first, which is fine too.
             for step in range(40):
-                async def checkout() -> None:
-                    async with audit_context(ALICE), pool.connection() as conn:
+                async def checkout(step: int = step) -> None:
+                    # A new request id each time, so that every checkout has to apply.
+                    context = AuditContext(user_id="alice", request_id=f"req-{step}")
+                    async with audit_context(context), pool.connection() as conn:
                         await conn.execute(INSERT, ["alice", None])
 
                 task = asyncio.create_task(checkout())
