@@ -5,6 +5,7 @@ The names users need are re-exported here; the modules behind them are:
 - :mod:`audit_mw.context`: the request's audit context (a ContextVar), ``audit_context``;
 - :mod:`audit_mw.asgi`, :mod:`audit_mw.wsgi`: the middleware that binds it per request;
 - :mod:`audit_mw.proxy`: trusted-proxy client IP resolution;
+- :mod:`audit_mw.pool`: ``AuditPool`` / ``AsyncAuditPool``, which carry the context to PostgreSQL;
 - :mod:`audit_mw.events`: authentication, admin and data-access events (sync and async);
 - :mod:`audit_mw.schema`, :mod:`audit_mw.tracking`: install the schema, track tables, status;
 - :mod:`audit_mw.errors`: the error tree.
@@ -43,6 +44,7 @@ from audit_mw.events import (
     log_auth_event,
     log_event,
 )
+from audit_mw.pool import AsyncAuditPool, AuditPool, apply_context, apply_context_async
 from audit_mw.proxy import TrustedProxies, resolve_client_ip
 from audit_mw.schema import install
 from audit_mw.tracking import status, track, untrack
@@ -52,9 +54,11 @@ __all__ = [
     "SETTING_NAMES",
     "AccessAction",
     "AdminAction",
+    "AsyncAuditPool",
     "AuditContext",
     "AuditError",
     "AuditMiddleware",
+    "AuditPool",
     "AuthAction",
     "ConfigurationError",
     "EventResult",
@@ -69,6 +73,8 @@ __all__ = [
     "alog_access",
     "alog_auth_event",
     "alog_event",
+    "apply_context",
+    "apply_context_async",
     "audit_context",
     "bind",
     "configure_events",
