@@ -1,0 +1,1 @@
+-- audit_mw 0002: reserved for application events (added on another branch).
