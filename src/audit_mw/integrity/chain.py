@@ -141,11 +141,14 @@ class Verifier:
         # positions whose event id we keep, to name the first entry of a checkpoint range
         self._ids: dict[int, int | None] = {self.start_position + 1: None}
         self.last_checkpoint_position = self.start_position
+        self._accepted: list[tuple[Checkpoint, int]] = []
+        self._good_anchors: dict[int, Checkpoint] = {}
         self._check_checkpoints(checkpoints, keys, start)
         self._anchor_max = 0
         self._anchor_agreed = self.start_position
         if anchors is not None:
             self._check_anchors(anchors, keys)
+            self._compare_with_anchors()
         self.limit = min((f.position for f in self.findings), default=None)
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -175,6 +178,7 @@ class Verifier:
                 self.findings.append(Finding(problem[0], first, None, problem[1]))
                 return
             self._heads.setdefault(cp.position, []).append(("checkpoint", cp, first))
+            self._accepted.append((cp, first))
             self.checkpoints += 1
             prev_pos = cp.position
             expected_seq += 1
@@ -197,7 +201,20 @@ class Verifier:
                     f"{self.chain_id or 'no chain'}"))
                 continue
             self._heads.setdefault(cp.position, []).append(("anchor", cp, first))
+            self._good_anchors.setdefault(cp.seq, cp)
             self._anchor_max = max(self._anchor_max, cp.position)
+
+    def _compare_with_anchors(self) -> None:
+        # The database's checkpoint n and the file's checkpoint n must be the same one: a
+        # restored backup that sealed again issues a different checkpoint under an old number.
+        for cp, first in self._accepted:
+            outside = self._good_anchors.get(cp.seq)
+            if outside is not None and (outside.position, outside.head) != (cp.position, cp.head):
+                self.findings.append(Finding(
+                    "rolled_back", first, None,
+                    f"checkpoint {cp.seq} in the database differs from checkpoint {cp.seq} in "
+                    "the checkpoint file (restored backup or fork)"))
+                return
 
     # -- entries --------------------------------------------------------------------------
 

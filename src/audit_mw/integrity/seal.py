@@ -25,7 +25,6 @@ import psycopg
 import structlog
 from psycopg import pq
 from psycopg.rows import dict_row
-from psycopg.types.string import BytesLoader
 
 from audit_mw import _sql
 from audit_mw.errors import IntegrityError, SchemaError
@@ -59,12 +58,6 @@ class SealResult:
 
 def _columns_sql() -> Any:
     return _sql.query("integrity", "canonical_columns")
-
-
-def text_as_bytes(cur: psycopg.Cursor[Any]) -> None:
-    """Load text columns as raw UTF-8 bytes: hashed as they are, never decoded and re-encoded."""
-    for name in ("text", "varchar", "name"):
-        cur.adapters.register_loader(name, BytesLoader)
 
 
 def check_event_columns(conn: psycopg.Connection[Any]) -> None:
@@ -255,7 +248,6 @@ def _seal_batch(
 ) -> Checkpoint | None:
     after = (head["event_txid"], head["event_id"]) if head else _ORDER_START
     with conn.cursor() as rows_cur:
-        text_as_bytes(rows_cur)
         rows_cur.execute(
             _sql.query("integrity", "sealable").format(columns=_columns_sql()),
             {"txid": after[0], "id": after[1], "limit": batch_size})
@@ -272,7 +264,7 @@ def _seal_batch(
             content = _sha256(CONTENT_TAG + encode_fields(row[1:]))
             prev = _sha256(ENTRY_TAG + chain + position.to_bytes(8, "big", signed=True) + prev
                            + event_id.to_bytes(8, "big", signed=True) + content)
-            copy.write_row((position, event_id, row[19].decode(), content, prev))
+            copy.write_row((position, event_id, row[19], content, prev))
     cp = Checkpoint(
         seq=(last_cp.seq if last_cp else 0) + 1, chain_id=chain_id, position=position,
         count=len(rows), head=prev, last_event_id=rows[-1][0],

@@ -27,7 +27,6 @@ from audit_mw.integrity.seal import (
     _ORDER_START,
     _checkpoints,
     check_event_columns,
-    text_as_bytes,
 )
 
 __all__ = ["ProgressCallback", "verify"]
@@ -109,7 +108,6 @@ def _walk(
 ) -> bool:
     feed = verifier.feed
     with conn.cursor(name="audit_mw_verify") as stream:
-        text_as_bytes(stream)
         stream.itersize = _FETCH
         stream.execute(_sql.query("integrity", "chain_entries").format(
             columns=_sql.query("integrity", "canonical_columns")),
