@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from psycopg.types.json import Json, Jsonb
+
 __all__ = [
     "COLUMNS",
     "CONTENT_COLUMNS",
@@ -137,7 +139,8 @@ def canonical_text(column: str, value: Any) -> str | None:
     """The canonical text of ``value`` in ``column`` (``None`` for SQL NULL).
 
     Strings are taken as the column's text form and normalised where the form is
-    unambiguous (timestamps, JSON); Python values (``datetime``, ``dict`` parsed with
+    unambiguous (timestamps, JSON; wrap a decoded top-level JSON string in
+    ``psycopg.types.json.Jsonb`` to say it is a value, not JSON text); Python values (``datetime``, ``dict`` parsed with
     :func:`parse_json`, ``ipaddress`` objects, ``UUID``, ``bool``, ``int``) are converted.
     Floats are refused in JSON: they cannot say whether ``1.5`` was stored as ``1.50``.
     """
@@ -146,6 +149,8 @@ def canonical_text(column: str, value: Any) -> str | None:
     if column in _TIMESTAMP:
         return _timestamp_text(value)
     if column in _JSONB:
+        if isinstance(value, (Json, Jsonb)):  # an explicit JSON value, even a bare string
+            return jsonb_text(value.obj)
         return jsonb_text(parse_json(value) if isinstance(value, str) else value)
     if column in _TEXT_ARRAY:
         items = parse_json(value) if isinstance(value, str) else value

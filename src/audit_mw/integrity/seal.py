@@ -77,10 +77,16 @@ def checkpoint_from_row(row: dict[str, Any]) -> Checkpoint:
         seq=int(row["seq"]), chain_id=str(row["chain_id"]), position=int(row["position"]),
         count=int(row["entry_count"]), head=bytes(row["head_hash"]),
         last_event_id=None if row["last_event_id"] is None else int(row["last_event_id"]),
-        created_at=utc_text(row["created_at"]), key_id=str(row["key_id"]),
+        created_at=_created_text(row["created_at"]), key_id=str(row["key_id"]),
         mac=bytes(row["mac"]), sig_key_id=row["sig_key_id"],
         signature=None if row["signature"] is None else bytes(row["signature"]),
     )
+
+
+def _created_text(value: Any) -> str:
+    # Read as canonical text by the statements (no DateStyle can garble it); a datetime from
+    # a caller's own query is formatted the same way.
+    return value if isinstance(value, str) else utc_text(value)
 
 
 def _checkpoints(cur: psycopg.Cursor[Any], name: str, **params: Any) -> list[Checkpoint]:
@@ -153,8 +159,6 @@ def _seal_locked(
         head_position = cp.position
         issued.append(cp)
         _write_sinks(sinks, [cp])
-        _LOG.info("audit_sealed", seq=cp.seq, position=cp.position, count=cp.count,
-                  head=cp.head.hex(), chain_id=cp.chain_id)
     return SealResult(sealed, tuple(issued), head_position, chain_id)
 
 

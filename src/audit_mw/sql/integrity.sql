@@ -59,7 +59,8 @@ FROM audit.chain ORDER BY position DESC LIMIT 1;
 
 -- name: checkpoint_columns
 seq, chain_id::text AS chain_id, position, entry_count, head_hash, last_event_id,
-created_at, key_id, mac, sig_key_id, signature
+pg_catalog.to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
+key_id, mac, sig_key_id, signature
 
 -- name: last_checkpoint
 SELECT {columns} FROM audit.checkpoints ORDER BY seq DESC LIMIT 1;
