@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 
@@ -92,7 +93,7 @@ def _options(settings: dict[str, str]) -> str:
 
 def _exported(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     """The chain as an export carries it: every column as canonical text, plus chain fields."""
-    query = _sql.query("integrity", "chain_entries").format(
+    query = _sql.query("integrity", "chain_rows").format(
         columns=_sql.query("integrity", "canonical_columns"))
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, {"after": 0})
@@ -181,18 +182,16 @@ def test_python_values_convert_to_the_database_text(dsn: str) -> None:
                 continue  # documented: give inet as the database prints it
             if column in JSONB_COLUMNS and value is None and text == "null":
                 continue  # psycopg decodes JSON null as None: documented, pass text instead
-            if column in JSONB_COLUMNS and isinstance(value, str):
-                value = Jsonb(value)  # psycopg decoded a bare JSON string
-            if column == "id":
-                text = str(text)  # the one column the statement leaves as a number
-            if canonical_text(column, value) != text:
+            # psycopg decodes a bare JSON string to str: say it is a value, not JSON text.
+            given = Jsonb(value) if column in JSONB_COLUMNS and isinstance(value, str) else value
+            # id is the one column the statement leaves as a number.
+            expected = str(text) if column == "id" else text
+            if canonical_text(column, given) != expected:
                 mismatches.append((column, text, value))
     assert mismatches == []
 
 
 def sql_select_all() -> Any:
-    from psycopg import sql
-
     return sql.SQL("SELECT {} FROM audit.events AS e ORDER BY e.id").format(
         _sql.query("integrity", "canonical_columns"))
 
@@ -208,7 +207,7 @@ def test_jsonb_text_matches_postgresql(text: str, expected: str) -> None:
 
 
 def test_floats_are_refused() -> None:
-    with pytest.raises(ValueError, match="float"):
+    with pytest.raises(TypeError, match="float"):
         jsonb_text({"a": 0.1})
 
 
@@ -250,4 +249,6 @@ def test_documented_test_vectors() -> None:
     for value in (encode_fields(["ab", None, "\u00e9"]).hex(), content.hex(), first.hex(),
                   second.hex()):
         assert re.search(value, doc), f"{value} is not in docs/integrity.md"
+    block = doc.split("has the content encoding (hex)", 1)[1].split("and, in chain", 1)[0]
+    assert "".join(block.split()) == encode_fields([row[c] for c in CONTENT_COLUMNS]).hex()
     assert Decimal("1.50") == Decimal("1.5")  # equal numbers, different stored text

@@ -47,14 +47,18 @@ def test_seal_verify_tamper_and_rotate(
     assert main(["--dsn", dsn, "seal", "--checkpoint-file", str(file), "--batch-size",
                  "100"]) == 0
     out, err = capsys.readouterr()
-    assert "sealed" in out and "checkpoint(s)" in out
-    assert '"audit_checkpoint"' in err and HMAC_SECRET.decode() not in err
+    assert "sealed" in out
+    assert "checkpoint(s)" in out
+    assert '"audit_checkpoint"' in err
+    assert HMAC_SECRET.decode() not in err
     assert len(file.read_text().splitlines()) >= 3
 
     assert main(["--dsn", dsn, "verify", "--checkpoint-file", str(file), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["status"] == "valid" and report["anchored"] is True
-    assert report["checked"] >= 300 and report["unsealed"] == 0
+    assert report["status"] == "valid"
+    assert report["anchored"] is True
+    assert report["checked"] >= 300
+    assert report["unsealed"] == 0
 
     assert main(["--dsn", dsn, "verify"]) == 0
     assert "status: valid_unanchored" in capsys.readouterr().out
@@ -78,7 +82,8 @@ def test_seal_verify_tamper_and_rotate(
     assert (report["kind"], report["first_bad_id"], report["first_bad_position"]) == (
         "modified", victim, 123)
     alert = json.loads(err.strip().splitlines()[-1])
-    assert alert["event"] == "audit_verify_failed" and alert["first_bad_id"] == victim
+    assert alert["event"] == "audit_verify_failed"
+    assert alert["first_bad_id"] == victim
     assert alert["level"] == "error"
 
 
@@ -89,12 +94,14 @@ def test_keygen_and_key_parsing(capsys: pytest.CaptureFixture[str]) -> None:
     assert name == "AUDIT_HMAC_KEY"
     ring = KeyRing.from_env({"AUDIT_HMAC_KEY": value})
     assert ring.current_kid == "2026-01"
-    assert "2026-01" in repr(ring) and value.split(":")[1] not in repr(ring)
+    assert "2026-01" in repr(ring)
+    assert value.split(":")[1] not in repr(ring)
 
     assert main(["keygen", "--ed25519"]) == 0
     lines = dict(ln.split("=", 1) for ln in capsys.readouterr().out.split())
     ring = KeyRing.from_env({"AUDIT_HMAC_KEY": value, **lines})
-    assert ring.signing_kid is not None and ring.signing_kid in ring.public_keys
+    assert ring.signing_kid is not None
+    assert ring.signing_kid in ring.public_keys
 
 
 @pytest.mark.parametrize(("env", "message"), [

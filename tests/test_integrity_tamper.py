@@ -169,7 +169,9 @@ def _truncate_tail(conn: psycopg.Connection[Any], head: int, count: int) -> None
 def test_truncated_tail_needs_the_checkpoint_file(trail: Trail) -> None:
     _truncate_tail(trail.conn, trail.head, 50)
     alone = verify(trail.conn, KEYS)
-    assert alone.valid and not alone.anchored and alone.status == "valid_unanchored"
+    assert alone.valid
+    assert not alone.anchored
+    assert alone.status == "valid_unanchored"
     assert "unanchored" in alone.detail
     assert alone.exit_code == 0
     _expect(verify(trail.conn, KEYS, checkpoint_file=trail.file), "truncated",
@@ -186,7 +188,7 @@ def test_truncated_tail_off_a_checkpoint_shows_without_the_file(trail: Trail) ->
 
 
 def _chain_rows(conn: psycopg.Connection[Any], after: int) -> list[tuple[Any, ...]]:
-    query = _sql.query("integrity", "chain_entries").format(
+    query = _sql.query("integrity", "chain_rows").format(
         columns=_sql.query("integrity", "canonical_columns"))
     return conn.execute(query, {"after": after}).fetchall()
 
@@ -205,8 +207,8 @@ def _rewrite_with_hmac_key(conn: psycopg.Connection[Any], victim_position: int,
     with guards_off(conn, "events", "chain", "checkpoints"):
         conn.execute("UPDATE audit.events SET app_user_id = 'innocent' WHERE id = %s", [victim])
         for row in _chain_rows(conn, victim_position - 1):
-            content = hashlib.sha256(CONTENT_TAG + encode_fields(row[7:])).digest()
-            prev = entry_hash_from_content(chain_id, row[0], prev, row[1], content)
+            content = hashlib.sha256(CONTENT_TAG + encode_fields(row[4:])).digest()
+            prev = entry_hash_from_content(chain_id, row[0], prev, row[3], content)
             heads[row[0]] = prev
             conn.execute("UPDATE audit.chain SET content_hash = %s, entry_hash = %s"
                          " WHERE position = %s", [content, prev, row[0]])
@@ -242,7 +244,8 @@ def test_rewrite_with_the_hmac_key_passes_hmac_but_not_ed25519(
     _rewrite_with_hmac_key(conn, 500, sink.path)
     # The documented limit: whoever holds the HMAC key and every copy can rewrite history.
     hmac_only = verify(conn, KEYS, checkpoint_file=sink.path)
-    assert hmac_only.valid and hmac_only.checked == head
+    assert hmac_only.valid
+    assert hmac_only.checked == head
     # The signature was made over the old head: the auditor's public key catches it.
     _expect(verify(conn, auditor, checkpoint_file=sink.path), "bad_checkpoint", 401,
             event_at(conn, 401))

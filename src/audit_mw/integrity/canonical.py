@@ -31,7 +31,7 @@ import hashlib
 import ipaddress
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -61,13 +61,6 @@ COLUMNS: tuple[str, ...] = (
 #: The columns hashed into the content hash, in this order (all but ``id``).
 CONTENT_COLUMNS: tuple[str, ...] = COLUMNS[1:]
 
-_TIMESTAMP = frozenset({"occurred_at"})
-_JSONB = frozenset({"old_values", "new_values", "context_extra", "metadata"})
-_TEXT_ARRAY = frozenset({"changed_fields", "context_issues"})
-_INET = frozenset({"client_ip", "client_addr"})
-_INTEGER = frozenset({"id", "txid"})
-_UUID = frozenset({"event_id"})
-_BOOLEAN = frozenset({"success"})
 
 CONTENT_TAG = b"audit_mw content v1\x00"
 ENTRY_TAG = b"audit_mw entry v1\x00"
@@ -140,37 +133,42 @@ def canonical_text(column: str, value: Any) -> str | None:
 
     Strings are taken as the column's text form and normalised where the form is
     unambiguous (timestamps, JSON; wrap a decoded top-level JSON string in
-    ``psycopg.types.json.Jsonb`` to say it is a value, not JSON text); Python values (``datetime``, ``dict`` parsed with
-    :func:`parse_json`, ``ipaddress`` objects, ``UUID``, ``bool``, ``int``) are converted.
-    Floats are refused in JSON: they cannot say whether ``1.5`` was stored as ``1.50``.
+    ``psycopg.types.json.Jsonb`` to say it is a value, not JSON text); Python values
+    (``datetime``, JSON parsed with :func:`parse_json`, ``ipaddress`` objects, ``UUID``,
+    ``bool``, ``int``) are converted. Floats are refused in JSON: they cannot say whether
+    ``1.5`` was stored as ``1.50``. Raises ``ValueError`` or ``TypeError`` for bad input.
     """
-    if value is None:
-        return None
-    if column in _TIMESTAMP:
-        return _timestamp_text(value)
-    if column in _JSONB:
-        if isinstance(value, (Json, Jsonb)):  # an explicit JSON value, even a bare string
-            return jsonb_text(value.obj)
-        return jsonb_text(parse_json(value) if isinstance(value, str) else value)
-    if column in _TEXT_ARRAY:
-        items = parse_json(value) if isinstance(value, str) else value
-        if not isinstance(items, list):
-            raise ValueError(f"{column}: expected a JSON array of strings")
-        return jsonb_text(items)
-    if column in _INET:
-        return _inet_text(value)
-    if column in _INTEGER:
-        if isinstance(value, bool):
-            raise ValueError(f"{column}: expected an integer")
-        return str(int(value))
-    if column in _UUID:
-        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-    if column in _BOOLEAN:
-        return _boolean_text(value)
-    if column not in COLUMNS:
+    if column not in _CONVERTERS:
         raise ValueError(f"unknown column {column!r}")
+    return None if value is None else _CONVERTERS[column](value)
+
+
+def _jsonb_value(value: Any) -> str:
+    if isinstance(value, (Json, Jsonb)):  # an explicit JSON value, even a bare string
+        return jsonb_text(value.obj)
+    return jsonb_text(parse_json(value) if isinstance(value, str) else value)
+
+
+def _text_array(value: Any) -> str:
+    items = parse_json(value) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise TypeError("expected a JSON array of strings")
+    return jsonb_text(items)
+
+
+def _integer(value: Any) -> str:
+    if isinstance(value, bool):
+        raise TypeError("expected an integer")
+    return str(int(value))
+
+
+def _uuid(value: Any) -> str:
+    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+
+
+def _text(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{column}: expected text, got {type(value).__name__}")
+        raise TypeError(f"expected text, got {type(value).__name__}")
     return value
 
 
@@ -180,7 +178,7 @@ def _timestamp_text(value: Any) -> str:
             return value
         value = dt.datetime.fromisoformat(value)
     if not isinstance(value, dt.datetime) or value.tzinfo is None:
-        raise ValueError("occurred_at: expected a timezone-aware timestamp")
+        raise TypeError("occurred_at: expected a timezone-aware timestamp")
     utc = value.astimezone(dt.UTC)
     return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond:06d}Z"
 
@@ -195,7 +193,7 @@ def _inet_text(value: Any) -> str:
     elif isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         ip, prefix = value.network_address, value.prefixlen
     else:
-        raise ValueError(f"expected an IP address, got {type(value).__name__}")
+        raise TypeError(f"expected an IP address, got {type(value).__name__}")
     return str(ip) if prefix == ip.max_prefixlen else f"{ip}/{prefix}"
 
 
@@ -254,7 +252,7 @@ def jsonb_text(value: Any) -> str:
     if isinstance(value, (int, Decimal)):
         return _number(value)
     if isinstance(value, float):
-        raise ValueError("float in JSON: parse with parse_json() so numbers stay exact")
+        raise TypeError("float in JSON: parse with parse_json() so numbers stay exact")
     if isinstance(value, str):
         return _json_string(value)
     if isinstance(value, Mapping):
@@ -265,4 +263,16 @@ def jsonb_text(value: Any) -> str:
         return "{" + body + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
-    raise ValueError(f"cannot encode {type(value).__name__} as JSON")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+_CONVERTERS: dict[str, Callable[[Any], str]] = {
+    **dict.fromkeys(COLUMNS, _text),
+    "occurred_at": _timestamp_text,
+    **dict.fromkeys(("old_values", "new_values", "context_extra", "metadata"), _jsonb_value),
+    **dict.fromkeys(("changed_fields", "context_issues"), _text_array),
+    **dict.fromkeys(("client_ip", "client_addr"), _inet_text),
+    **dict.fromkeys(("id", "txid"), _integer),
+    "event_id": _uuid,
+    "success": _boolean_text,
+}

@@ -33,10 +33,12 @@ __all__ = [
     "GENESIS",
     "KINDS",
     "Finding",
-    "VerifyResult",
     "Verifier",
+    "VerifyResult",
     "verify_entries",
 ]
+
+_sha256 = hashlib.sha256
 
 #: The "previous hash" of position 1.
 GENESIS = bytes(32)
@@ -226,7 +228,7 @@ class Verifier:
         self.findings.append(Finding(kind, position, event_id, detail))
         self.limit = position if self.limit is None else min(self.limit, position)
 
-    def feed(
+    def feed(  # noqa: PLR0917  (called per entry: positional on purpose)
         self,
         position: int,
         event_id: int,
@@ -241,6 +243,20 @@ class Verifier:
         ``txid`` the event's transaction id; ``stored_*`` what the chain recorded at sealing
         (``None`` when the source does not carry them).
         """
+        return self.feed_encoded(position, event_id, txid,
+                                 None if content is None else encode_fields(content),
+                                 stored_content, stored_entry)
+
+    def feed_encoded(  # noqa: PLR0911, PLR0917  (the hot loop: one exit per check)
+        self,
+        position: int,
+        event_id: int,
+        txid: int | None,
+        encoded: bytes | None,
+        stored_content: bytes | None,
+        stored_entry: bytes | None,
+    ) -> bool:
+        """:meth:`feed` with the content already encoded (see ``canonical.encode_fields``)."""
         expected = self.position + 1
         if position != expected:
             self._found("missing", expected, None,
@@ -250,23 +266,24 @@ class Verifier:
             self._ids[position] = event_id
         if self.limit is not None and position >= self.limit:
             return False
-        if content is None:
+        if encoded is None:
             self._found("missing", position, event_id,
                         f"sealed event {event_id} at position {position} is missing")
             return False
-        computed = hashlib.sha256(CONTENT_TAG + encode_fields(content)).digest()
+        computed = _sha256(CONTENT_TAG + encoded).digest()
         if stored_content is not None and computed != stored_content:
             self._found("modified", position, event_id,
                         f"event {event_id} at position {position} differs from what was sealed")
             self.mismatch = computed
             return False
-        order = (txid if txid is not None else 0, event_id)
-        if self.last_order is not None and txid is not None and order <= self.last_order:
-            self._found("reordered", position, event_id,
-                        f"event {event_id} at position {position} is out of chain order")
-            return False
-        self.last_order = order
-        h = hashlib.sha256(
+        if txid is not None:
+            order = (txid, event_id)
+            if self.last_order is not None and order <= self.last_order:
+                self._found("reordered", position, event_id,
+                            f"event {event_id} at position {position} is out of chain order")
+                return False
+            self.last_order = order
+        h = _sha256(
             ENTRY_TAG + self._chain_bytes + position.to_bytes(8, "big", signed=True) + self.prev
             + event_id.to_bytes(8, "big", signed=True) + computed).digest()
         if stored_entry is not None and h != stored_entry:

@@ -209,7 +209,8 @@ def _parse_line(line: bytes, path: Path, number: int) -> Checkpoint:
         return Checkpoint.from_json(json.loads(line))
     except ValueError as exc:
         where = "last line" if number < 0 else f"line {number}"
-        raise IntegrityError(f"checkpoint file {path}: {where} is not a checkpoint: {exc}") from None
+        raise IntegrityError(
+            f"checkpoint file {path}: {where} is not a checkpoint: {exc}") from None
 
 
 def read_checkpoint_file(path: str | os.PathLike[str]) -> list[Checkpoint]:

@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 
 from audit_mw import _sql
 from audit_mw.errors import IntegrityError, SchemaError
-from audit_mw.integrity.canonical import COLUMNS, CONTENT_TAG, ENTRY_TAG, encode_fields
+from audit_mw.integrity.canonical import COLUMNS, CONTENT_TAG, ENTRY_TAG
 from audit_mw.integrity.chain import GENESIS
 from audit_mw.integrity.checkpoints import (
     Checkpoint,
@@ -61,7 +61,12 @@ def _columns_sql() -> Any:
 
 
 def check_event_columns(conn: psycopg.Connection[Any]) -> None:
-    """Refuse to hash when audit.events has other columns than the encoding covers."""
+    """Refuse to hash when audit.events has other columns than the encoding covers, or the
+    database does not store text as UTF-8 (the encoding counts UTF-8 bytes)."""
+    encoding = conn.execute(_sql.query("integrity", "server_encoding")).fetchone()
+    if not encoding or encoding[0] != "UTF8":
+        raise SchemaError(f"the integrity chain needs a UTF8 database, this one is "
+                          f"{encoding[0] if encoding else 'unknown'}")
     rows = conn.execute(_sql.query("integrity", "event_columns")).fetchall()
     found = tuple(str(r[0]) for r in rows)
     if found != COLUMNS:
@@ -151,7 +156,8 @@ def _seal_locked(
                 _catch_up_sinks(cur, sinks, chain_id, last_cp)
                 first = False
             head_position = head["position"] if head else 0
-            cp = _seal_batch(conn, cur, keys, chain_id, head, last_cp, batch_size)
+            cp = _seal_batch(conn, cur, keys=keys, chain_id=chain_id, head=head,
+                             last_cp=last_cp, batch_size=batch_size)
         if cp is None:
             break
         batches += 1
@@ -244,6 +250,7 @@ def _write_sinks(sinks: Sequence[CheckpointSink], checkpoints: list[Checkpoint])
 def _seal_batch(
     conn: psycopg.Connection[Any],
     cur: psycopg.Cursor[dict[str, Any]],
+    *,
     keys: KeyRing,
     chain_id: str,
     head: dict[str, Any] | None,
@@ -253,7 +260,8 @@ def _seal_batch(
     after = (head["event_txid"], head["event_id"]) if head else _ORDER_START
     with conn.cursor() as rows_cur:
         rows_cur.execute(
-            _sql.query("integrity", "sealable").format(columns=_columns_sql()),
+            _sql.query("integrity", "sealable").format(
+                columns=_columns_sql(), content=_sql.query("integrity", "content_bytes")),
             {"txid": after[0], "id": after[1], "limit": batch_size})
         rows = rows_cur.fetchall()
     if not rows:
@@ -265,10 +273,10 @@ def _seal_batch(
         for row in rows:
             position += 1
             event_id = row[0]
-            content = _sha256(CONTENT_TAG + encode_fields(row[1:]))
+            content = _sha256(CONTENT_TAG + row[2])
             prev = _sha256(ENTRY_TAG + chain + position.to_bytes(8, "big", signed=True) + prev
                            + event_id.to_bytes(8, "big", signed=True) + content)
-            copy.write_row((position, event_id, row[19], content, prev))
+            copy.write_row((position, event_id, row[1], content, prev))
     cp = Checkpoint(
         seq=(last_cp.seq if last_cp else 0) + 1, chain_id=chain_id, position=position,
         count=len(rows), head=prev, last_event_id=rows[-1][0],
@@ -332,7 +340,7 @@ class BackgroundSealer:
             try:
                 with psycopg.connect(self.conninfo, application_name="audit-mw-sealer") as conn:
                     seal(conn, self.keys, sinks=self.sinks)
-            except Exception as exc:  # noqa: BLE001  (a background loop must survive; it logs)
+            except Exception as exc:
                 self.failures += 1
                 _LOG.error("audit_seal_failed", error=str(exc), error_type=type(exc).__name__)
             self.runs += 1

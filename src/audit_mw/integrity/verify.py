@@ -10,8 +10,8 @@ backup; without, a clean result is reported as *unanchored*.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -34,8 +34,7 @@ __all__ = ["ProgressCallback", "verify"]
 #: Called with (entries checked so far, entries in the chain) every few thousand entries.
 ProgressCallback = Callable[[int, int], None]
 
-_TXID = 6 + 19  # the event's txid among the streamed columns
-_FETCH = 20_000
+_STREAM_TYPES = ["int8", "int8", "bytea", "bytea", "bool", "text", "bytea"]
 
 
 def verify(
@@ -67,6 +66,7 @@ def verify(
         raise IntegrityError("verify needs a connection that is not inside a transaction")
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("integrity", "read_only_snapshot"))
+        cur.execute(_sql.query("integrity", "stream_work_mem"))
         check_event_columns(conn)
         cur.execute(_sql.query("integrity", "chain_id"))
         ids = [str(r["chain_id"]) for r in cur.fetchall()]
@@ -106,18 +106,21 @@ def _walk(
     total: int,
     progress: ProgressCallback | None,
 ) -> bool:
-    feed = verifier.feed
-    with conn.cursor(name="audit_mw_verify") as stream:
-        stream.itersize = _FETCH
-        stream.execute(_sql.query("integrity", "chain_entries").format(
-            columns=_sql.query("integrity", "canonical_columns")),
-            {"after": start.position if start else 0})
-        n = 0
-        for row in stream:
-            present = row[5]
-            txid = row[_TXID]
-            if not feed(row[0], row[1], int(txid) if txid is not None else None,
-                        row[7:] if present else None, row[3], row[4]):
+    feed = verifier.feed_encoded
+    query = _sql.query("integrity", "chain_entries").format(
+        columns=_sql.query("integrity", "canonical_columns"),
+        content=_sql.query("integrity", "content_bytes"))
+    n = 0
+    with conn.cursor() as cur, cur.copy(query, {"after": start.position if start else 0}) as copy:
+        copy.set_types(_STREAM_TYPES)
+        for position, event_id, stored_content, stored_entry, present, txid, content in (
+                copy.rows()):
+            if not feed(position, event_id, int(txid) if present else None,
+                        content if present else None, stored_content, stored_entry):
+                # A COPY cannot be left half-read; a cancel could hit the next statement of
+                # this snapshot. Drain the rest as raw blocks, unparsed.
+                for _ in copy:
+                    pass
                 return False
             n += 1
             if progress is not None and n % 10_000 == 0:
