@@ -220,10 +220,6 @@ class Verifier:
 
     # -- entries --------------------------------------------------------------------------
 
-    def wants(self, position: int) -> bool:
-        """Whether entries at ``position`` still matter (nothing bad found before it)."""
-        return self.limit is None or position <= self.limit
-
     def _found(self, kind: str, position: int, event_id: int | None, detail: str) -> None:
         self.findings.append(Finding(kind, position, event_id, detail))
         self.limit = position if self.limit is None else min(self.limit, position)
@@ -315,10 +311,6 @@ class Verifier:
                             "or fork)")
             return False
         return True
-
-    def record_id(self, position: int) -> None:
-        """Ask for the event id at ``position`` to be kept (to name a later finding)."""
-        self._ids.setdefault(position, None)
 
     def reclassify(self, kind: str, detail: str) -> None:
         """Replace the kind of the latest finding (the shell knows more, e.g. reordering)."""
