@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import datetime
+from ipaddress import ip_address, ip_network
 from typing import Any
 from urllib.parse import quote
 
@@ -10,10 +13,14 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Mount
 
 from audit_mw.admin import admin_app
+from audit_mw.asgi import AuditMiddleware
 from audit_mw.tracking import track
 from tests._admin import (
     KEY,
@@ -141,9 +148,7 @@ async def test_filters_combine(conn: psycopg.Connection[Any],
         everything = cur.execute("SELECT * FROM audit.events ORDER BY id DESC").fetchall()
 
     def matches(event: dict[str, Any], case: dict[str, str]) -> bool:
-        from datetime import datetime
-        from ipaddress import ip_address, ip_network
-        checks = {
+        checks: dict[str, Callable[[str], bool]] = {
             "user_id": lambda v: event["app_user_id"] == v,
             "table": lambda v: event["table_name"] == v,
             "record_id": lambda v: event["record_id"] == v,
@@ -386,12 +391,6 @@ async def test_queries_are_recorded_with_filters_and_row_counts(
 async def test_access_is_attributed_to_the_authenticated_user(
     conn: psycopg.Connection[Any], pool: AsyncConnectionPool[Any]
 ) -> None:
-    from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
-    from starlette.middleware import Middleware
-    from starlette.middleware.authentication import AuthenticationMiddleware
-
-    from audit_mw.asgi import AuditMiddleware
-
     class HeaderAuth(AuthenticationBackend):
         async def authenticate(self, conn: Any) -> Any:
             name = conn.headers.get("x-user")
