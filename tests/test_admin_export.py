@@ -13,7 +13,8 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from audit_mw.admin import admin_app, verify_export
-from audit_mw.admin.export import ExportKey, neutralise_cell
+from audit_mw.admin.export import ExportKey, ExportWriter, neutralise_cell
+from audit_mw.admin.query import parse_export_range
 from audit_mw.cli import main
 from tests._admin import (
     KEY,
@@ -138,7 +139,7 @@ def _tampered(lines: list[bytes], how: str) -> list[bytes]:
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-def test_cli_export_and_verify_export(
+def test_cli_export_and_verify_export(  # noqa: PLR0917 - pytest fixtures
     dsn: str, conn: psycopg.Connection[Any], tmp_path: Path, fmt: str,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -184,11 +185,9 @@ def test_recomputed_digest_without_the_key_is_caught() -> None:
              b'"to":"2024-02-01T00:00:00+00:00","columns":["id","occurred_at"]}\n',
              b'{"id":1,"occurred_at":"2024-01-02T00:00:00+00:00"}\n']
     forger = ExportKey("test-key-1", b"not the real key, but long enough")
-    from audit_mw.admin.export import ExportWriter
-    from audit_mw.admin.query import parse_export_range
     writer = ExportWriter(parse_export_range(RANGE.items()), ["id", "occurred_at"], forger)
-    body = [writer.header(), writer.rows([(1, '{"id":1,"occurred_at":"2024-01-02T00:00:00+00:00"}')]),
-            writer.manifest()]
+    event = '{"id":1,"occurred_at":"2024-01-02T00:00:00+00:00"}'
+    body = [writer.header(), writer.rows([(1, event)]), writer.manifest()]
     assert verify_export(body, forger).ok
     result = verify_export(body, KEY)
     assert not result.ok
