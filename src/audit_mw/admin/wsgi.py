@@ -63,6 +63,8 @@ class AdminWSGI:
         """Stop the adapter's loop (after closing the pool with :meth:`run`)."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 def admin_wsgi_app(
