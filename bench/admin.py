@@ -69,7 +69,7 @@ INSERT INTO audit.events (occurred_at, kind, action, schema_name, table_name, re
                           request_id, user_agent)
 SELECT %(start)s::timestamptz + g * %(step)s::interval,
        'data', (ARRAY['INSERT', 'UPDATE', 'DELETE'])[1 + g %% 3], 'public',
-       'table_' || (g %% 12), ((g * 7919) %% 50000)::text,
+       'table_' || (g %% 12), ((g::bigint * 7919) %% 50000)::text,
        CASE WHEN g %% 3 <> 0 THEN jsonb_build_object('id', g %% 50000, 'total', g %% 997,
                                                      'status', 'open') END,
        CASE WHEN g %% 3 <> 2 THEN jsonb_build_object('id', g %% 50000, 'total', g %% 991,

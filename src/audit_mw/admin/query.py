@@ -144,7 +144,9 @@ def _single_values(
     values: dict[str, str] = {}
     for name, value in items:
         if name not in allowed:
-            shown = name if len(name) <= 40 and name.isprintable() else name[:40] + "..."
+            # Echoed back in the error: short and printable, whatever was sent.
+            shown = "".join(c if c.isprintable() else "?" for c in name[:40])
+            shown += "..." if len(name) > 40 else ""
             raise QueryError(
                 shown, f"unknown parameter; expected one of {', '.join(sorted(allowed))}")
         if name in values:
