@@ -49,6 +49,7 @@ from audit_mw.admin.query import (
     COUNT_CAP,
     CursorCodec,
     filters_digest,
+    no_parameters,
     parse_event_query,
     parse_export_range,
     parse_history_query,
@@ -253,8 +254,7 @@ class _AdminRoutes:
 
     async def event(self, request: Request) -> Response:
         raw = request.path_params["id"]
-        if request.query_params:
-            raise QueryError(next(iter(request.query_params))[:40], "unknown parameter")
+        no_parameters(request.query_params.multi_items())
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 19) or not (
                 0 < int(raw) <= _MAX_ID):
             raise QueryError("id", "must be a positive whole number")
@@ -332,8 +332,7 @@ class _AdminRoutes:
         })
 
     async def verify(self, request: Request) -> Response:
-        if request.query_params:
-            raise QueryError(next(iter(request.query_params))[:40], "unknown parameter")
+        no_parameters(request.query_params.multi_items())
         async with self._reading() as conn:
             status = await integrity_status(conn)
         await self._record(request, AccessAction.QUERIED,
@@ -341,8 +340,7 @@ class _AdminRoutes:
         return JSONResponse(status)
 
     async def openapi(self, request: Request) -> Response:
-        if request.query_params:
-            raise QueryError(next(iter(request.query_params))[:40], "unknown parameter")
+        no_parameters(request.query_params.multi_items())
         return JSONResponse(openapi_document(request.scope.get("root_path") or ""))
 
 

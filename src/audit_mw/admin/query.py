@@ -43,6 +43,7 @@ __all__ = [
     "ExportRange",
     "HistoryQuery",
     "filters_digest",
+    "no_parameters",
     "parse_event_query",
     "parse_export_range",
     "parse_history_query",
@@ -147,8 +148,9 @@ def _single_values(
             # Echoed back in the error: short and printable, whatever was sent.
             shown = "".join(c if c.isprintable() else "?" for c in name[:40])
             shown += "..." if len(name) > 40 else ""
-            raise QueryError(
-                shown, f"unknown parameter; expected one of {', '.join(sorted(allowed))}")
+            expected = (f"expected one of {', '.join(sorted(allowed))}" if allowed
+                        else "this endpoint takes no parameters")
+            raise QueryError(shown, f"unknown parameter; {expected}")
         if name in values:
             raise QueryError(name, "given more than once")
         if len(value) > MAX_VALUE_LENGTH:
@@ -319,6 +321,11 @@ def parse_event_query(items: Iterable[tuple[str, str]], codec: CursorCodec) -> E
     else:
         page = 1
     return EventQuery(filters, limit, page)
+
+
+def no_parameters(items: Iterable[tuple[str, str]]) -> None:
+    """Refuse any query parameter (for endpoints that take none)."""
+    _single_values(items, ())
 
 
 def parse_history_query(
