@@ -131,8 +131,7 @@ def _prepare(dsn: str, count: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [READER]).fetchone():
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(READER)))
-        conn.execute(sql.SQL("GRANT audit_reader TO {}").format(sql.Identifier(READER)))
-        conn.execute(sql.SQL("GRANT INSERT ON audit.events TO {}").format(
+        conn.execute(sql.SQL("GRANT audit_reader, audit_writer TO {}").format(
             sql.Identifier(READER)))
         step = f"{365 * 86400 / count:.6f} seconds"
         conn.execute(GENERATE, {"start": START, "step": step, "count": count})

@@ -32,17 +32,14 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def reader_dsn(cluster: Cluster, database: str) -> str:
-    """A DSN for the test database as a role with audit_reader (what the admin app needs)."""
+    """A DSN for the test database as the admin routes' role: audit_reader and audit_writer."""
     with cluster.admin() as admin:
         exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
                                [ADMIN_ROLE]).fetchone()
         if not exists:
             admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(ADMIN_ROLE)))
-        admin.execute(sql.SQL("GRANT audit_reader TO {}").format(sql.Identifier(ADMIN_ROLE)))
-    with psycopg.connect(cluster.dsn(database), autocommit=True) as conn:
-        # Access events are written with a plain INSERT until audit.log_event() is
-        # installed by the application-events migration.
-        conn.execute(sql.SQL("GRANT INSERT ON audit.events TO {}").format(
+        # Read the trail, and record the accesses through audit.log_event().
+        admin.execute(sql.SQL("GRANT audit_reader, audit_writer TO {}").format(
             sql.Identifier(ADMIN_ROLE)))
     return cluster.dsn(database, user=ADMIN_ROLE)
 

@@ -421,7 +421,7 @@ async def test_unrecordable_access_serves_nothing(
     conn: psycopg.Connection[Any], pool: AsyncConnectionPool[Any]
 ) -> None:
     insert_events(conn, [{"app_user_id": "alice", "new_values": json.dumps({"k": "hidden"})}])
-    conn.execute("REVOKE INSERT ON audit.events FROM audit_mw_test_admin")
+    conn.execute("REVOKE audit_writer FROM audit_mw_test_admin")
     app = admin_app(pool, authorize=allow, export_key=KEY)
     async with client(app) as http:
         for path in ("/events", "/events/1", "/records/orders/1", "/verify",

@@ -55,8 +55,7 @@ def admin_server(cluster: Cluster, template_db: str) -> Iterator[str]:
         with psycopg.connect(cluster.dsn(database), autocommit=True) as conn:
             conn.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
                          f"'{ADMIN_ROLE}') THEN CREATE ROLE {ADMIN_ROLE} LOGIN; END IF; END $$")
-            conn.execute(f"GRANT audit_reader TO {ADMIN_ROLE}")
-            conn.execute(f"GRANT INSERT ON audit.events TO {ADMIN_ROLE}")
+            conn.execute(f"GRANT audit_reader, audit_writer TO {ADMIN_ROLE}")
             generate_events(conn, 300)
             insert_events(conn, [{"kind": "auth", "action": "login_failed", "success": False,
                                   "app_user_id": "=cmd", "reason": "bad password"}])

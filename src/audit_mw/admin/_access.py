@@ -7,15 +7,14 @@ Events are written on their own connection and transaction, so nothing the reque
 afterwards can roll them back. When a query's event cannot be written, the data is not
 served: an unaudited read is exactly what the trail exists to prevent.
 
-All writes go through :func:`record` (async) and :func:`record_sync`; the parameters are built
-by the pure :func:`access_params`.
+All writes go through :func:`record` (async) and :func:`record_sync`, which use the
+application-event writers of :mod:`audit_mw.events` (``audit.log_event()``, its redaction
+and its failure policy: fail closed by default, or a durable spool when configured).
 """
 
 from __future__ import annotations
 
 import enum
-import json
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +22,14 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from audit_mw import _sql
 from audit_mw.context import AuditContext
+from audit_mw.events import alog_event, log_event
 
-__all__ = ["AccessAction", "Actor", "access_params", "record", "record_sync"]
+__all__ = ["AccessAction", "Actor", "record", "record_sync"]
 
 ANONYMOUS = "anonymous"
+#: ``resource_type`` of every access event: what was accessed is the trail itself.
+RESOURCE_TYPE = "audit_trail"
 
 
 class AccessAction(enum.StrEnum):
@@ -60,26 +61,20 @@ class Actor:
         )
 
 
-def access_params(
-    action: AccessAction,
-    actor: Actor,
-    *,
-    success: bool,
-    metadata: Mapping[str, Any],
-    reason: str | None = None,
-) -> dict[str, Any]:
-    """The parameters of one access event (``record_access`` in ``sql/admin.sql``)."""
-    return {
-        "event_id": str(uuid.uuid4()),
-        "action": str(action),
-        "success": success,
-        "reason": reason,
-        "user_id": (actor.user_id or ANONYMOUS)[:256],
-        "client_ip": actor.client_ip,
-        "request_id": (actor.request_id or None) and actor.request_id[:128],
-        "user_agent": (actor.user_agent or None) and actor.user_agent[:512],
-        "metadata": json.dumps(dict(metadata), separators=(",", ":"), default=str),
-    }
+def _request_facts(actor: Actor) -> dict[str, str]:
+    """The actor as a minimal WSGI environ: what the event writer reads a request from.
+
+    The writer prefers the bound audit context (the middleware's), so this only counts
+    where no context is bound: behind the WSGI adapter's loop, or in the CLI.
+    """
+    environ = {"REQUEST_METHOD": "GET"}
+    if actor.client_ip:
+        environ["REMOTE_ADDR"] = actor.client_ip
+    if actor.user_agent:
+        environ["HTTP_USER_AGENT"] = actor.user_agent
+    if actor.request_id:
+        environ["HTTP_X_REQUEST_ID"] = actor.request_id
+    return environ
 
 
 async def record(
@@ -91,10 +86,10 @@ async def record(
     metadata: Mapping[str, Any],
     reason: str | None = None,
 ) -> None:
-    """Write one access event on its own connection; raises when it cannot be stored."""
-    params = access_params(action, actor, success=success, metadata=metadata, reason=reason)
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(_sql.query("admin", "record_access"), params)
+    """Write one access event on its own connection (fail closed: raises when it cannot)."""
+    await alog_event(pool, str(action), resource_type=RESOURCE_TYPE, success=success,
+                     reason=reason, actor_id=(actor.user_id or ANONYMOUS)[:256],
+                     request=_request_facts(actor), metadata=metadata)
 
 
 def record_sync(
@@ -106,7 +101,7 @@ def record_sync(
     metadata: Mapping[str, Any],
     reason: str | None = None,
 ) -> None:
-    """Write one access event in a transaction of its own on ``conn`` (the CLI's shell)."""
-    params = access_params(action, actor, success=success, metadata=metadata, reason=reason)
-    with conn.transaction():
-        conn.execute(_sql.query("admin", "record_access"), params)
+    """Write one access event on ``conn``, committed on its own (the CLI's shell)."""
+    log_event(conn, str(action), resource_type=RESOURCE_TYPE, success=success, reason=reason,
+              actor_id=(actor.user_id or ANONYMOUS)[:256], request=_request_facts(actor),
+              metadata=metadata)

@@ -57,7 +57,7 @@ from audit_mw.admin.query import (
 )
 from audit_mw.asgi import user_from_scope
 from audit_mw.context import AuditContext, current
-from audit_mw.errors import AuditError, QueryError
+from audit_mw.errors import AuditError, EventWriteError, QueryError
 
 __all__ = ["Authorize", "admin_app"]
 
@@ -74,6 +74,11 @@ log = structlog.get_logger("audit_mw.admin")
 
 class _Unavailable(Exception):
     """The trail cannot be read or the access cannot be recorded right now (a 503)."""
+
+
+# The event writer raises EventWriteError when it can neither store nor spool an event.
+_RECORD_FAILURES = (EventWriteError, psycopg.Error, psycopg_pool.PoolTimeout,
+                    psycopg_pool.PoolClosed)
 
 
 def _error(status: int, error: str, message: str, **extra: str) -> JSONResponse:
@@ -188,13 +193,13 @@ class _AdminRoutes:
     async def _record_safely(self, request: Request, action: AccessAction, **kw: Any) -> None:
         try:
             await _access.record(self.pool, action, _actor(request), **kw)
-        except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed):
+        except _RECORD_FAILURES:
             log.exception("could not record an access to the audit trail", action=str(action))
 
     async def _record(self, request: Request, action: AccessAction, **kw: Any) -> None:
         try:
             await _access.record(self.pool, action, _actor(request), success=True, **kw)
-        except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+        except _RECORD_FAILURES as exc:
             log.exception("could not record an access to the audit trail", action=str(action))
             raise _Unavailable("the access could not be recorded, so nothing is served") from exc
 
@@ -321,7 +326,7 @@ class _AdminRoutes:
                             reason=None if done.complete else "the export did not finish",
                             metadata={"endpoint": "export", "filters": filters,
                                       "rows": done.count, "sha256": done.sha256 or None})
-                    except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed):
+                    except _RECORD_FAILURES:
                         log.exception("could not record the end of an export")
 
         stamp = f"{export.start:%Y%m%dT%H%M%S}-{export.end:%Y%m%dT%H%M%S}"

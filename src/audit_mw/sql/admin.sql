@@ -77,13 +77,3 @@ LIMIT 1;
 
 -- name: sealed_position
 SELECT pg_catalog.max(c.position) AS position FROM audit.chain AS c;
-
--- name: record_access
--- An access to the trail, recorded on its own connection and transaction.
-INSERT INTO audit.events (event_id, kind, action, success, reason, app_user_id, client_ip,
-                          request_id, user_agent, resource_type, metadata, application_name,
-                          client_addr)
-VALUES (%(event_id)s::uuid, 'admin', %(action)s, %(success)s, %(reason)s, %(user_id)s,
-        %(client_ip)s::inet, %(request_id)s, %(user_agent)s, 'audit_trail', %(metadata)s::jsonb,
-        NULLIF(pg_catalog.current_setting('application_name'), ''),
-        pg_catalog.inet_client_addr());

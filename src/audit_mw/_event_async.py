@@ -1,0 +1,115 @@
+"""The asynchronous event writer: the twin of ``_event_sync``, line for line.
+
+Spool file operations stay synchronous: they are short, local, and only run when the
+database failed or the spool holds something.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from audit_mw import _sql
+from audit_mw._event_core import EventRecord, EventResult, EventSettings
+from audit_mw._event_outcome import (
+    ReplayResult,
+    check_target,
+    mark_spooled,
+    parse_lines,
+    replay_error,
+    spooled,
+    stored,
+    write_failed,
+)
+from audit_mw.spool import Spool
+
+__all__ = ["AsyncDatabase", "replay", "write"]
+
+#: Where events are written: a pool (a separate checkout per event) or a connection.
+AsyncDatabase: TypeAlias = "AsyncConnectionPool[Any] | psycopg.AsyncConnection[Any]"
+
+_BATCH = 200
+
+
+async def _execute(
+    conn: psycopg.AsyncConnection[Any], params: dict[str, Any]
+) -> tuple[Any, ...]:
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_sql.query("events", "log_event"), params)
+        row = await cur.fetchone()
+    if row is None:  # the function always returns one row
+        raise psycopg.DataError("audit.log_event() returned no row")
+    return row
+
+
+async def _store(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
+           settings: EventSettings) -> tuple[Any, ...]:
+    if isinstance(db, AsyncConnectionPool):
+        async with db.connection(timeout=settings.timeout) as conn, conn.transaction():
+            return await _execute(conn, record.params)
+    if in_transaction:
+        return await _execute(db, record.params)
+    async with db.transaction():
+        return await _execute(db, record.params)
+
+
+async def write(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
+          settings: EventSettings) -> EventResult:
+    """Store ``record``; on failure spool it or raise, as ``settings`` say."""
+    check_target(db, in_transaction, pool_types=(AsyncConnectionPool,),
+                 connection_types=(psycopg.AsyncConnection,))
+    try:
+        row = await _store(db, record, in_transaction=in_transaction, settings=settings)
+    except psycopg.Error as exc:
+        spool = None if in_transaction else settings.spool
+        if spool is not None:
+            try:
+                spool.append(mark_spooled(record).to_json())
+            except OSError as spool_exc:
+                raise write_failed(record, settings, exc, spool_error=spool_exc) from exc
+            return spooled(record, settings, exc, spool)
+        raise write_failed(record, settings, exc) from exc
+    result = stored(record, settings, row)
+    if settings.spool is not None and not in_transaction and settings.spool.has_pending():
+        try:
+            await replay(db, settings.spool, settings=settings, wait=False)
+        except OSError as exc:  # the event is stored; the spool stays for the next try
+            replay_error(settings.spool, settings, exc)
+    return result
+
+
+async def replay(db: AsyncDatabase, spool: Spool, *, settings: EventSettings,
+           wait: bool = True) -> ReplayResult:
+    """Store every spooled event (idempotent); see :func:`audit_mw.events.replay`."""
+    check_target(db, False, pool_types=(AsyncConnectionPool,),
+                 connection_types=(psycopg.AsyncConnection,))
+    with spool.replaying(wait=wait) as batch:
+        if batch is None:
+            return ReplayResult(skipped=True)
+        result = ReplayResult()
+        records = parse_lines(batch, settings, result)
+        try:
+            for start in range(0, len(records), _BATCH):
+                chunk = records[start:start + _BATCH]
+                rows = await _store_many(db, [r for _, r in chunk], settings)
+                for (index, _), row in zip(chunk, rows, strict=True):
+                    batch.stored(index)
+                    result.count(row)
+        except psycopg.Error as exc:
+            result.error = exc
+        result.pending = batch.pending
+    return result.report(spool, settings)
+
+
+async def _store_many(db: AsyncDatabase, records: list[EventRecord],
+                settings: EventSettings) -> list[tuple[Any, ...]]:
+    # One transaction per chunk: a chunk is stored whole or not at all, and a replay that
+    # stops half-way leaves only unstored (or harmlessly re-sendable) lines behind.
+    if isinstance(db, AsyncConnectionPool):
+        async with db.connection(timeout=settings.timeout) as conn, conn.transaction():
+            return [await _execute(conn, r.params) for r in records]
+    async with db.transaction():
+        return [await _execute(db, r.params) for r in records]

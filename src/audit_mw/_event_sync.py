@@ -1,0 +1,113 @@
+"""The synchronous event writer: moves records to the database, the spool and the log.
+
+A thin shell around :mod:`audit_mw._event_core`; ``_event_async`` is its twin, line for
+line. Keep them in step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool
+
+from audit_mw import _sql
+from audit_mw._event_core import EventRecord, EventResult, EventSettings
+from audit_mw._event_outcome import (
+    ReplayResult,
+    check_target,
+    mark_spooled,
+    parse_lines,
+    replay_error,
+    spooled,
+    stored,
+    write_failed,
+)
+from audit_mw.spool import Spool
+
+__all__ = ["Database", "replay", "write"]
+
+#: Where events are written: a pool (a separate checkout per event) or a connection.
+Database: TypeAlias = "ConnectionPool[Any] | psycopg.Connection[Any]"
+
+_BATCH = 200
+
+
+def _execute(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[Any, ...]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(_sql.query("events", "log_event"), params)
+        row = cur.fetchone()
+    if row is None:  # the function always returns one row
+        raise psycopg.DataError("audit.log_event() returned no row")
+    return row
+
+
+def _store(db: Database, record: EventRecord, *, in_transaction: bool,
+           settings: EventSettings) -> tuple[Any, ...]:
+    if isinstance(db, ConnectionPool):
+        with db.connection(timeout=settings.timeout) as conn, conn.transaction():
+            return _execute(conn, record.params)
+    if in_transaction:
+        return _execute(db, record.params)
+    with db.transaction():
+        return _execute(db, record.params)
+
+
+def write(db: Database, record: EventRecord, *, in_transaction: bool,
+          settings: EventSettings) -> EventResult:
+    """Store ``record``; on failure spool it or raise, as ``settings`` say."""
+    check_target(db, in_transaction, pool_types=(ConnectionPool,),
+                 connection_types=(psycopg.Connection,))
+    try:
+        row = _store(db, record, in_transaction=in_transaction, settings=settings)
+    except psycopg.Error as exc:
+        spool = None if in_transaction else settings.spool
+        if spool is not None:
+            try:
+                spool.append(mark_spooled(record).to_json())
+            except OSError as spool_exc:
+                raise write_failed(record, settings, exc, spool_error=spool_exc) from exc
+            return spooled(record, settings, exc, spool)
+        raise write_failed(record, settings, exc) from exc
+    result = stored(record, settings, row)
+    if settings.spool is not None and not in_transaction and settings.spool.has_pending():
+        try:
+            replay(db, settings.spool, settings=settings, wait=False)
+        except OSError as exc:  # the event is stored; the spool stays for the next try
+            replay_error(settings.spool, settings, exc)
+    return result
+
+
+def replay(db: Database, spool: Spool, *, settings: EventSettings,
+           wait: bool = True) -> ReplayResult:
+    """Store every spooled event (idempotent); see :func:`audit_mw.events.replay`."""
+    check_target(db, False, pool_types=(ConnectionPool,),
+                 connection_types=(psycopg.Connection,))
+    with spool.replaying(wait=wait) as batch:
+        if batch is None:
+            return ReplayResult(skipped=True)
+        result = ReplayResult()
+        records = parse_lines(batch, settings, result)
+        try:
+            for start in range(0, len(records), _BATCH):
+                chunk = records[start:start + _BATCH]
+                rows = _store_many(db, [r for _, r in chunk], settings)
+                for (index, _), row in zip(chunk, rows, strict=True):
+                    batch.stored(index)
+                    result.count(row)
+        except psycopg.Error as exc:
+            result.error = exc
+        result.pending = batch.pending
+    return result.report(spool, settings)
+
+
+def _store_many(db: Database, records: list[EventRecord],
+                settings: EventSettings) -> list[tuple[Any, ...]]:
+    # One transaction per chunk: a chunk is stored whole or not at all, and a replay that
+    # stops half-way leaves only unstored (or harmlessly re-sendable) lines behind.
+    if isinstance(db, ConnectionPool):
+        with db.connection(timeout=settings.timeout) as conn, conn.transaction():
+            return [_execute(conn, r.params) for r in records]
+    with db.transaction():
+        return [_execute(db, r.params) for r in records]
