@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import statistics
@@ -210,7 +211,8 @@ _EXPORT: dict[str, float] = {}
 
 def _cli_export_rss(dsn: str, start: str, end: str, out: Path) -> tuple[float, float]:
     """Peak RSS (MiB) and seconds of ``audit-mw export`` in a child process."""
-    env = {**os.environ, "AUDIT_HMAC_KEY": KEY.secret.decode(), "AUDIT_HMAC_KEY_ID": "bench",
+    secret = base64.b64encode(KEY.secret).decode()
+    env = {**os.environ, "AUDIT_HMAC_KEY": f"{KEY.key_id}:{secret}",
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
     script = (
         "import resource, sys\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -32,6 +33,7 @@ __all__ = ["anyio_backend", "pool", "reader_dsn"]  # fixtures, used by name
 
 pytestmark = pytest.mark.db
 
+KEY_ENV_VALUE = f"{KEY.key_id}:{base64.b64encode(KEY.secret).decode()}"
 RANGE = {"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z"}
 PAYLOADS = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(1,1)", "\t=1", "\r=1+1",
             'quote " and, comma', "line\nbreak", "=HYPERLINK(\"http://x\")"]
@@ -144,8 +146,7 @@ def test_cli_export_and_verify_export(  # noqa: PLR0917 - pytest fixtures
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     seed(conn)
-    monkeypatch.setenv("AUDIT_HMAC_KEY", KEY.secret.decode())
-    monkeypatch.setenv("AUDIT_HMAC_KEY_ID", KEY.key_id)
+    monkeypatch.setenv("AUDIT_HMAC_KEY", KEY_ENV_VALUE)
     out = tmp_path / f"export.{fmt}"
     assert main(["--dsn", dsn, "export", "--from", RANGE["from"], "--to", RANGE["to"],
                  "--format", fmt, "-o", str(out)]) == 0
@@ -168,9 +169,16 @@ def test_cli_export_and_verify_export(  # noqa: PLR0917 - pytest fixtures
         assert main(["verify-export", str(bad)]) == 1, how
         assert "verify-export: FAILED" in capsys.readouterr().out
 
-    monkeypatch.setenv("AUDIT_HMAC_KEY", "another key, long enough to be used")
+    other = base64.b64encode(b"another key, long enough to use!").decode()
+    monkeypatch.setenv("AUDIT_HMAC_KEY", f"{KEY.key_id}:{other}")
     assert main(["verify-export", str(out)]) == 1
     assert "MAC does not match" in capsys.readouterr().out
+    # After a rotation the old key still verifies, from AUDIT_HMAC_KEYS.
+    monkeypatch.setenv("AUDIT_HMAC_KEY", f"new-key:{other}")
+    monkeypatch.setenv("AUDIT_HMAC_KEYS", KEY_ENV_VALUE)
+    assert main(["verify-export", str(out)]) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("AUDIT_HMAC_KEYS")
     monkeypatch.delenv("AUDIT_HMAC_KEY")
     assert main(["verify-export", str(out)]) == 1
     assert "no key to check the manifest" in capsys.readouterr().out
@@ -202,7 +210,7 @@ def test_cli_export_errors(dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert main(["--dsn", dsn, "export", "--from", RANGE["from"], "--to", RANGE["to"],
                  "-o", out]) == 2
     assert "set AUDIT_HMAC_KEY" in capsys.readouterr().err
-    monkeypatch.setenv("AUDIT_HMAC_KEY", KEY.secret.decode())
+    monkeypatch.setenv("AUDIT_HMAC_KEY", KEY_ENV_VALUE)
     assert main(["--dsn", dsn, "export", "--from", "2024-01-01", "--to", RANGE["to"],
                  "-o", out]) == 2
     assert "from: needs a time zone" in capsys.readouterr().err

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +40,7 @@ from psycopg_pool import AsyncConnectionPool
 from audit_mw import _sql
 from audit_mw.admin.query import ExportRange
 from audit_mw.errors import ConfigurationError
+from audit_mw.integrity.keys import KeyRing
 
 __all__ = [
     "FORMAT_VERSION",
@@ -49,6 +49,7 @@ __all__ = [
     "ExportWriter",
     "VerifyResult",
     "export_key_from_env",
+    "export_keys_from_env",
     "neutralise_cell",
     "stream_export",
     "verify_export",
@@ -62,7 +63,6 @@ _CSV_MANIFEST: Final = "#manifest"
 #: Rows fetched from the server cursor at a time: the memory an export holds.
 BATCH_ROWS: Final = 2000
 KEY_ENV: Final = "AUDIT_HMAC_KEY"
-KEY_ID_ENV: Final = "AUDIT_HMAC_KEY_ID"
 MIN_KEY_BYTES: Final = 16
 
 
@@ -86,12 +86,18 @@ class ExportKey:
 
 
 def export_key_from_env(environ: Mapping[str, str] | None = None) -> ExportKey | None:
-    """The key in ``AUDIT_HMAC_KEY`` (id in ``AUDIT_HMAC_KEY_ID``, default ``default``)."""
-    env = os.environ if environ is None else environ
-    secret = env.get(KEY_ENV)
-    if not secret:
+    """The current checkpoint key, ``AUDIT_HMAC_KEY=KEY_ID:BASE64`` (as the sealer's)."""
+    ring = KeyRing.from_env(environ)
+    if ring.current_kid is None:
         return None
-    return ExportKey(env.get(KEY_ID_ENV) or "default", secret.encode())
+    return ExportKey(ring.current_kid, ring.hmac_keys[ring.current_kid])
+
+
+def export_keys_from_env(environ: Mapping[str, str] | None = None) -> dict[str, ExportKey]:
+    """Every HMAC key of the environment by id (``AUDIT_HMAC_KEY`` and ``AUDIT_HMAC_KEYS``),
+    so that exports signed before a key rotation still verify."""
+    ring = KeyRing.from_env(environ)
+    return {kid: ExportKey(kid, secret) for kid, secret in ring.hmac_keys.items()}
 
 
 def _canonical(manifest: Mapping[str, Any]) -> bytes:
@@ -210,7 +216,8 @@ class ExportWriter:
                 "mac_covers": "this manifest without mac, JSON with sorted keys, "
                               "no spaces, ASCII",
                 "key_id": self.key.key_id,
-                "command": "audit-mw verify-export FILE (with AUDIT_HMAC_KEY set)",
+                "command": "audit-mw verify-export FILE (with AUDIT_HMAC_KEY or "
+                           "AUDIT_HMAC_KEYS holding this key id)",
             },
         }
         manifest["mac"] = self.key.mac(manifest)
@@ -348,12 +355,16 @@ def _rows(lines: Iterator[bytes], fmt: str, problems: list[str]) -> Iterator[dic
 
 
 def verify_export(
-    source: Path | str | Iterable[bytes], key: ExportKey | None, *, max_problems: int = 20
+    source: Path | str | Iterable[bytes],
+    key: ExportKey | Mapping[str, ExportKey] | None,
+    *,
+    max_problems: int = 20,
 ) -> VerifyResult:
     """Check an export file offline: manifest MAC, digest, count, order and range.
 
     ``source`` is a path or the file's lines as bytes. Needs the key that signed the
-    manifest; without it the digest can be recomputed by anyone, so the result is not ok.
+    manifest (one key, or keys by id as from :func:`export_keys_from_env`); without it the
+    digest can be recomputed by anyone, so the result is not ok.
     """
     if isinstance(source, Path | str):
         with open(source, "rb") as handle:
@@ -424,19 +435,20 @@ def _check_span(manifest: Mapping[str, Any], span: list[datetime], problems: lis
 
 
 def _check_manifest(
-    manifest: Mapping[str, Any], key: ExportKey | None, *, sha256: str, count: int,
-    first: Mapping[str, Any] | None, last: Mapping[str, Any] | None, fmt: str,
-    problems: list[str],
+    manifest: Mapping[str, Any], keys: ExportKey | Mapping[str, ExportKey] | None, *,
+    sha256: str, count: int, first: Mapping[str, Any] | None,
+    last: Mapping[str, Any] | None, fmt: str, problems: list[str],
 ) -> None:
-    if key is None:
+    verification = manifest.get("verification")
+    key_id = verification.get("key_id") if isinstance(verification, dict) else None
+    key = keys.get(str(key_id)) if isinstance(keys, Mapping) else keys
+    if not keys:
         problems.append(f"no key to check the manifest MAC: set {KEY_ENV}")
-    else:
-        key_id = manifest.get("verification", {}).get("key_id")
-        if key_id != key.key_id:
-            problems.append(f"the manifest was signed with key {key_id!r}, not {key.key_id!r}")
-        elif not hmac.compare_digest(str(manifest.get("mac", "")), key.mac(manifest)):
-            problems.append("the manifest MAC does not match: the manifest was altered "
-                            "or signed with another key")
+    elif key is None or key_id != key.key_id:
+        problems.append(f"the manifest was signed with key {key_id!r}, which is not given")
+    elif not hmac.compare_digest(str(manifest.get("mac", "")), key.mac(manifest)):
+        problems.append("the manifest MAC does not match: the manifest was altered "
+                        "or signed with another key")
     if manifest.get("format") != fmt:
         problems.append(f"the manifest says format {manifest.get('format')!r}, the file is {fmt}")
     if manifest.get("sha256") != sha256:

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from audit_mw.admin._access import AccessAction, Actor, record_sync
-from audit_mw.admin.export import KEY_ENV, export_key_from_env, verify_export, write_export
+from audit_mw.admin.export import (
+    KEY_ENV,
+    export_key_from_env,
+    export_keys_from_env,
+    verify_export,
+    write_export,
+)
 from audit_mw.admin.query import parse_export_range
 from audit_mw.cli._connect import connect
 from audit_mw.errors import ConfigurationError
@@ -48,8 +54,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  ("format", args.format)])
     key = export_key_from_env()
     if key is None:
-        raise ConfigurationError(f"exports are signed: set {KEY_ENV} (and optionally "
-                                 f"{KEY_ENV}_ID) to the key the auditor will verify with")
+        raise ConfigurationError(f"exports are signed: set {KEY_ENV}=KEY_ID:BASE64_SECRET "
+                                 "(create one with `audit-mw keygen`)")
     target = Path(args.output)
     partial = target.with_name(target.name + ".partial")
     filters = {"from": export.start.isoformat(), "to": export.end.isoformat(),
@@ -78,7 +84,7 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise ConfigurationError(f"no such file: {path}")
-    result = verify_export(path, export_key_from_env())
+    result = verify_export(path, export_keys_from_env())
     manifest = result.manifest or {}
     if args.json:
         print(json.dumps({"ok": result.ok, "count": result.count,
