@@ -30,6 +30,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount
 
 from audit_mw.admin import admin_app
@@ -70,8 +72,14 @@ def admin_server(cluster: Cluster, template_db: str) -> Iterator[str]:
             finally:
                 await pool.close()
 
+        async def host_not_found(request: Request, exc: Exception) -> Response:
+            # A path the mount itself does not match (a raw newline in it) never reaches
+            # the admin app; the host answers, in the admin API's error format.
+            return JSONResponse({"error": "not_found", "message": "no such endpoint"}, 404)
+
         app = Starlette(routes=[Mount("/audit", admin_app(
-            pool, authorize=allow, export_key=KEY, cursor_secret=SECRET))], lifespan=lifespan)
+            pool, authorize=allow, export_key=KEY, cursor_secret=SECRET))], lifespan=lifespan,
+            exception_handlers={404: host_not_found})
         port = _free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on"))
