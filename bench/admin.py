@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import structlog
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -304,6 +305,10 @@ def _print_table(results: list[dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
+    # Every access event is also logged (structlog, for a SIEM): keep the rendering cost in
+    # the figures, but not the lines on the terminal.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(
+        file=open(os.devnull, "w")))  # noqa: SIM115 - open for the life of the process
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20,000 events, for a smoke run")
     results = run(quick=parser.parse_args().quick)
