@@ -10,7 +10,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, LiteralString, cast
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -47,7 +47,7 @@ _SQL = _statements()
 
 def query(name: str) -> sql.SQL:
     """A named statement from ``shop.sql`` (the example's own file, never user input)."""
-    return sql.SQL(cast(LiteralString, _SQL[name]))
+    return sql.SQL(_SQL[name])
 
 
 # -- passwords: scrypt, salted, compared in constant time ----------------------------------

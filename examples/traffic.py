@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-
 from audit_mw_examples.shop import DEMO_USERS
 
 

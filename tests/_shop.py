@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-
 from audit_mw_examples.shop import DEMO_USERS
 
 ALICE, BOB, CAROL = DEMO_USERS

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import uvicorn
-from werkzeug.serving import make_server
-
 from audit_mw_examples.flask_app.app import create_app as create_flask_app
 from audit_mw_examples.shop import setup_database
 from audit_mw_examples.starlette_app.app import create_app as create_starlette_app
+from werkzeug.serving import make_server
+
 from tests._shop import check_trail, run_story
 
 pytestmark = pytest.mark.db

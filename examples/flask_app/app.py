@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from http.cookies import SimpleCookie
 from typing import Any
 
+from audit_mw_examples.shop import Sessions, SessionUser, check_login, query
 from flask import Flask, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 from psycopg.rows import dict_row
@@ -25,7 +26,6 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from audit_mw import AuthAction, WSGIAuditMiddleware, log_auth_event, log_event, set_user
 from audit_mw.admin.wsgi import admin_wsgi_app
 from audit_mw.pool import AuditPool
-from audit_mw_examples.shop import SessionUser, Sessions, check_login, query
 
 COOKIE = "shop_session"
 
@@ -34,7 +34,7 @@ def _cookie(environ: dict[str, Any]) -> str | None:
     jar: SimpleCookie = SimpleCookie()
     try:
         jar.load(environ.get("HTTP_COOKIE", ""))
-    except Exception:  # noqa: BLE001 - a malformed cookie header means "no session"
+    except Exception:
         return None
     morsel = jar.get(COOKIE)
     return morsel.value if morsel else None

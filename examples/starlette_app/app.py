@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from audit_mw_examples.shop import Sessions, SessionUser, check_login, query
 from psycopg.rows import dict_row
 from starlette.applications import Starlette
 from starlette.authentication import (
@@ -36,7 +37,6 @@ from starlette.routing import Mount, Route
 from audit_mw import AuditMiddleware, AuthAction, alog_auth_event, alog_event, set_user
 from audit_mw.admin import admin_app
 from audit_mw.pool import AsyncAuditPool
-from audit_mw_examples.shop import SessionUser, Sessions, check_login, query
 
 COOKIE = "shop_session"
 
@@ -50,7 +50,7 @@ class ShopUser(SimpleUser):
 
     @property
     def identity(self) -> str:
-        return self.record.audit_id
+        return str(self.record.audit_id)
 
 
 class SessionBackend(AuthenticationBackend):

@@ -37,14 +37,14 @@ def register(commands: Any) -> None:
     p.set_defaults(handler=cmd_demo)
 
 
-def _prepare_database(args: argparse.Namespace) -> tuple[str, bool]:
-    """The shop's DSN, and whether the demo started the embedded server."""
+def _prepare_database(args: argparse.Namespace) -> tuple[str, str, bool]:
+    """The admin DSN, the shop's DSN, and whether the demo started the embedded server."""
     from audit_mw_examples.shop import setup_database  # noqa: PLC0415 - optional part
 
     explicit = getattr(args, "dsn", None) or resolve_dsn()
     if explicit:
         # Someone else's database: set up in place, no roles created, nothing dropped.
-        return setup_database(str(explicit), app_role=None), False
+        return str(explicit), setup_database(str(explicit), app_role=None), False
     server = embedded_server()
     started = not server.is_running()
     server.start()
@@ -52,7 +52,8 @@ def _prepare_database(args: argparse.Namespace) -> tuple[str, bool]:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(DEMO_DB)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
-    return setup_database(server.dsn(DEMO_DB)), started
+    admin_dsn = server.dsn(DEMO_DB)
+    return admin_dsn, setup_database(admin_dsn), started
 
 
 def _demo_keys(home: Path) -> None:
@@ -69,14 +70,24 @@ def _demo_keys(home: Path) -> None:
 
 
 def _seal_and_verify(dsn: str, checkpoint_file: Path) -> tuple[str, str]:
+    """Seal as the schema owner (the app's role may not), then verify against the file."""
     from audit_mw.integrity import JsonlSink, seal, verify  # noqa: PLC0415
 
     checkpoint_file.unlink(missing_ok=True)  # the demo database is new every time
     with psycopg.connect(dsn, autocommit=True) as conn:
         sealed = seal(conn, sinks=[JsonlSink(checkpoint_file)])
         result = verify(conn, checkpoint_file=checkpoint_file)
-    return (f"sealed {sealed.sealed} entries", f"{result.status}: {result.detail} "
+    return (f"sealed {sealed.sealed} entries", f"{result.detail} "
             f"({result.checked} checked, {result.unsealed} not sealed yet)")
+
+
+def _quiet_logs() -> None:
+    """Keep the terminal for the demo's own output: audit events are in the database."""
+    import logging  # noqa: PLC0415
+
+    import structlog  # noqa: PLC0415
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 def _serve(app: Any, port: int) -> tuple[Any, threading.Thread, str]:
@@ -111,14 +122,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     home = DEFAULT_DATA_DIR.parent
     print("audit-mw demo: preparing the database ...", flush=True)
-    shop_dsn, started_server = _prepare_database(args)
+    admin_dsn, shop_dsn, started_server = _prepare_database(args)
+    _quiet_logs()
     _demo_keys(home)
     server, thread, url = _serve(create_app(shop_dsn), args.port)
     try:
         if not args.no_traffic:
             print("audit-mw demo: sending sample traffic ...", flush=True)
             send_sample_traffic(url)
-        sealed, verified = _seal_and_verify(shop_dsn, home / "demo-checkpoints.jsonl")
+        sealed, verified = _seal_and_verify(admin_dsn, home / "demo-checkpoints.jsonl")
         admin, member = DEMO_USERS[0], DEMO_USERS[1]
         print(f"""
 The example shop is running at {url}  (database: {shop_dsn})
