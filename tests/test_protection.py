@@ -54,6 +54,17 @@ def test_guards_hold_under_replica_mode(conn: Conn, tracked: None) -> None:
         conn.execute("DELETE FROM audit.events")
 
 
+def test_capture_holds_under_replica_mode(conn: Conn, tracked: None) -> None:
+    # Even a superuser's session_replication_role = replica does not skip capture.
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("UPDATE notes SET body = 'as replica'")
+    conn.execute("INSERT INTO notes VALUES (2, 'two')")
+    conn.execute("DELETE FROM notes WHERE id = 2")
+    conn.execute("RESET session_replication_role")
+    actions = [r["action"] for r in audit_rows(conn, "notes")]
+    assert actions == ["INSERT", "UPDATE", "INSERT", "DELETE"]
+
+
 def test_app_role_writes_are_captured_and_attributed_to_its_db_role(
     app_dsn: str, conn: Conn, tracked: None
 ) -> None:

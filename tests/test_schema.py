@@ -130,8 +130,10 @@ def test_status_is_independent_of_search_path(conn: Conn) -> None:
     ("DROP TRIGGER audit_mw_insert ON t", "trigger audit_mw_insert is missing"),
     ("ALTER TABLE t ENABLE REPLICA TRIGGER audit_mw_delete", "fires only in replica mode"),
     ("DROP TRIGGER audit_mw_truncate ON t; CREATE TRIGGER audit_mw_truncate AFTER TRUNCATE ON t "
-     "FOR EACH STATEMENT EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+     "FOR EACH STATEMENT EXECUTE FUNCTION suppress_redundant_updates_trigger(); "
+     "ALTER TABLE t ENABLE ALWAYS TRIGGER audit_mw_truncate",
      "differ from the ones audit_mw created"),
+    ("ALTER TABLE t ENABLE TRIGGER audit_mw_insert", "fires only in origin mode"),
     ("DROP TABLE t", "no longer exists"),
 ])
 def test_status_detects_tampered_triggers(conn: Conn, tamper: str, expected: str) -> None:
@@ -154,12 +156,38 @@ def test_status_detects_tampered_triggers(conn: Conn, tamper: str, expected: str
      "guard events_append_only on audit.events is disabled"),
     ("DROP TRIGGER events_no_truncate ON audit.events",
      "guard events_no_truncate on audit.events is missing"),
+    ("ALTER TABLE audit.events ENABLE REPLICA TRIGGER events_append_only",
+     "guard events_append_only on audit.events fires only in replica mode"),
+    ("ALTER TABLE audit.events ENABLE TRIGGER events_append_only",
+     "guard events_append_only on audit.events fires only in origin mode"),
+    ("ALTER TABLE audit.checkpoints DISABLE TRIGGER checkpoints_append_only",
+     "guard checkpoints_append_only on audit.checkpoints is disabled"),
 ])
 def test_status_detects_tampered_schema(conn: Conn, tamper: str, expected: str) -> None:
     conn.execute(tamper)
     result = status(conn)
     assert not result.ok
     assert any(expected in p for p in result.problems), result.problems
+
+
+def test_install_does_not_launder_a_changed_function(conn: Conn) -> None:
+    conn.execute("CREATE OR REPLACE FUNCTION audit.read_context() RETURNS audit.session_context "
+                 "LANGUAGE sql STABLE AS $$ SELECT NULL::audit.session_context $$")
+    with psycopg.connect(conn.info.dsn) as other:
+        install(other)  # nothing to upgrade: must not re-record the changed definition
+        problems = status(other).problems
+    assert any("function audit.read_context() differs" in p for p in problems), problems
+
+
+def test_upgrade_over_a_changed_function_is_refused(conn: Conn) -> None:
+    conn.execute("CREATE OR REPLACE FUNCTION audit.read_context() RETURNS audit.session_context "
+                 "LANGUAGE sql STABLE AS $$ SELECT NULL::audit.session_context $$")
+    conn.execute("DELETE FROM audit.schema_migrations WHERE version = "
+                 "(SELECT max(version) FROM audit.schema_migrations)")
+    with psycopg.connect(conn.info.dsn) as other, pytest.raises(
+        SchemaError, match=r"refusing to upgrade: .*audit\.read_context\(\)"
+    ):
+        install(other)
 
 
 def test_status_on_database_without_schema(empty_dsn: str) -> None:

@@ -48,6 +48,9 @@ WRITER_ROLE = "audit_writer"
 #: The oldest server the SQL is written for (pg_input_is_valid arrived in PostgreSQL 16).
 MIN_SERVER_VERSION = 160000
 
+#: Guard triggers are recorded in audit.object_hashes under this prefix ("guard:events.x").
+GUARD_PREFIX = "guard:"
+
 
 @dataclass(frozen=True, slots=True)
 class InstallResult:
@@ -108,9 +111,16 @@ def install(
         if owner != facts["current_role"]:
             cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
         cur.execute(_sql.query("install", "create_migrations_table"))
-        applied = _apply_migrations(cur)
-        with pinned_search_path(cur):
-            _record_function_hashes(cur)
+        if _pending(cur):
+            # Refuse to build on functions someone changed: an upgrade re-records the
+            # hashes, and must not launder a tampered definition into the new baseline.
+            with pinned_search_path(cur):
+                _refuse_changed_functions(cur)
+            applied = _apply_migrations(cur)
+            with pinned_search_path(cur):
+                _record_function_hashes(cur)
+        else:
+            applied = []
         cur.execute("RESET ROLE")
 
         if may_create_roles:
@@ -187,12 +197,48 @@ def _apply_migrations(cur: psycopg.Cursor[dict[str, object]]) -> list[int]:
     return applied
 
 
-def _record_function_hashes(cur: psycopg.Cursor[dict[str, object]]) -> None:
+def _pending(cur: psycopg.Cursor[dict[str, object]]) -> bool:
+    """Whether migrations are missing; refuses when an applied one was edited since."""
+    cur.execute(_sql.query("install", "applied_migrations"))
+    done = {int(str(r["version"])): str(r["checksum"]) for r in cur.fetchall()}
+    for migration in _sql.migrations():
+        if migration.version in done and done[migration.version] != migration.checksum:
+            raise SchemaError(
+                f"migration {migration.version:04d}_{migration.name} differs from the one "
+                "applied to this database; released migrations must not be edited"
+            )
+    return any(m.version not in done for m in _sql.migrations())
+
+
+def _refuse_changed_functions(cur: psycopg.Cursor[dict[str, object]]) -> None:
+    cur.execute("SELECT pg_catalog.to_regclass('audit.object_hashes') IS NOT NULL")
+    row = cur.fetchone()
+    if not row or not next(iter(row.values())):
+        return  # a fresh install: nothing recorded yet
+    cur.execute(_sql.query("install", "object_hashes"))
+    recorded = {str(r["object_name"]): str(r["definition_hash"]) for r in cur.fetchall()
+                if not str(r["object_name"]).startswith(GUARD_PREFIX)}
+    if not recorded:
+        return  # migrations applied by hand, never recorded: nothing to compare against
     cur.execute(_sql.query("install", "function_definitions"))
-    rows = cur.fetchall()
+    actual = {str(r["name"]): str(r["definition_hash"]) for r in cur.fetchall()}
+    changed = sorted(n for n in recorded.keys() | actual.keys()
+                     if recorded.get(n) != actual.get(n))
+    if changed:
+        raise SchemaError(
+            "refusing to upgrade: these audit functions differ from what was installed: "
+            f"{', '.join(changed)}; investigate (see `audit-mw status`) before upgrading")
+
+
+def _record_function_hashes(cur: psycopg.Cursor[dict[str, object]]) -> None:
+    """Record what status() compares against: every function's hash, every guard trigger."""
+    cur.execute(_sql.query("install", "function_definitions"))
+    rows = [(str(r["name"]), str(r["definition_hash"])) for r in cur.fetchall()]
+    cur.execute(_sql.query("install", "guard_triggers"))
+    rows += [(GUARD_PREFIX + str(r["name"]), "A") for r in cur.fetchall()]
     cur.execute(_sql.query("install", "clear_object_hashes"))
-    for row in rows:
+    for name, definition_hash in rows:
         cur.execute(
             _sql.query("install", "record_object_hash"),
-            {"name": row["name"], "hash": row["definition_hash"]},
+            {"name": name, "hash": definition_hash},
         )

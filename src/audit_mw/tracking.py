@@ -22,12 +22,14 @@ from psycopg.rows import dict_row
 
 from audit_mw import _sql
 from audit_mw.errors import SchemaError, TrackingError
-from audit_mw.schema import installed_version, pinned_search_path
+from audit_mw.schema import GUARD_PREFIX, installed_version, pinned_search_path
 
 __all__ = ["TableStatus", "TrackedTable", "status", "track", "untrack"]
 
 TRIGGER_NAMES = ("audit_mw_delete", "audit_mw_insert", "audit_mw_truncate", "audit_mw_update")
-GUARD_TRIGGERS = ("events_append_only", "events_no_truncate")
+#: How the capture triggers and the guards are installed: ENABLE ALWAYS.
+_STATES = {"O": "fires only in origin mode (session_replication_role = replica skips it)",
+           "R": "fires only in replica mode", "D": "is disabled"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,22 +224,35 @@ def status(conn: psycopg.Connection[Any]) -> Status:
             problems.append(f"schema version {version} is older than {latest}; "
                             "run `audit-mw install` to upgrade")
         problems += _function_problems(cur)
-        cur.execute(_sql.query("install", "guard_triggers"))
-        guards = {str(r["name"]): str(r["enabled"]) for r in cur.fetchall()}
-        for name in GUARD_TRIGGERS:
-            if name not in guards:
-                problems.append(f"append-only guard {name} on audit.events is missing")
-            elif guards[name] == "D":
-                problems.append(f"append-only guard {name} on audit.events is disabled")
+        problems += _guard_problems(cur)
         cur.execute(_sql.query("track", "tracked_tables"))
         for tracked in cur.fetchall():
             tables.append(_table_status(cur, tracked))
     return Status(version, latest, owner, tuple(tables), tuple(problems))
 
 
+def _guard_problems(cur: psycopg.Cursor[dict[str, object]]) -> list[str]:
+    """The append-only guards recorded at install time must all be there, ENABLE ALWAYS."""
+    cur.execute(_sql.query("install", "object_hashes"))
+    expected = [str(r["object_name"]).removeprefix(GUARD_PREFIX) for r in cur.fetchall()
+                if str(r["object_name"]).startswith(GUARD_PREFIX)]
+    cur.execute(_sql.query("install", "guard_triggers"))
+    present = {str(r["name"]): str(r["enabled"]) for r in cur.fetchall()}
+    problems = []
+    for name in expected:
+        table, _, trigger = name.partition(".")
+        where = f"append-only guard {trigger} on audit.{table}"
+        if name not in present:
+            problems.append(f"{where} is missing")
+        elif present[name] != "A":
+            problems.append(f"{where} {_STATES.get(present[name], 'is in an unknown state')}")
+    return problems
+
+
 def _function_problems(cur: psycopg.Cursor[dict[str, object]]) -> list[str]:
     cur.execute(_sql.query("install", "object_hashes"))
-    expected = {str(r["object_name"]): str(r["definition_hash"]) for r in cur.fetchall()}
+    expected = {str(r["object_name"]): str(r["definition_hash"]) for r in cur.fetchall()
+                if not str(r["object_name"]).startswith(GUARD_PREFIX)}
     cur.execute(_sql.query("install", "function_definitions"))
     actual = {str(r["name"]): str(r["definition_hash"]) for r in cur.fetchall()}
     problems = []
@@ -264,10 +279,9 @@ def _table_status(
     for trigger in TRIGGER_NAMES:
         if trigger not in present:
             problems.append(f"trigger {trigger} is missing")
-        elif present[trigger]["enabled"] == "D":
-            problems.append(f"trigger {trigger} is disabled")
-        elif present[trigger]["enabled"] == "R":
-            problems.append(f"trigger {trigger} fires only in replica mode")
+        elif present[trigger]["enabled"] != "A":
+            state = str(present[trigger]["enabled"])
+            problems.append(f"trigger {trigger} {_STATES.get(state, 'is in an unknown state')}")
     if not problems:
         current = _hash_triggers(str(t["definition"]) for t in triggers)
         if current != tracked["trigger_hash"]:

@@ -82,11 +82,13 @@ VALUES (%(name)s, %(hash)s);
 SELECT object_name, definition_hash FROM audit.object_hashes ORDER BY 1;
 
 -- name: guard_triggers
--- The append-only guards on audit.events and their state ('O' origin, 'A' always,
--- 'R' replica only, 'D' disabled).
-SELECT t.tgname AS name, t.tgenabled AS enabled
+-- The append-only guards on the audit schema's tables and their state ('A' always, as
+-- installed; 'O' origin only, 'R' replica only, 'D' disabled).
+SELECT c.relname || '.' || t.tgname AS name, t.tgenabled::text AS enabled
 FROM pg_catalog.pg_trigger AS t
-WHERE t.tgrelid = 'audit.events'::regclass AND NOT t.tgisinternal
+JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal
+  AND t.tgfoid = 'audit.refuse_change()'::regprocedure
 ORDER BY 1;
 
 -- name: schema_owner

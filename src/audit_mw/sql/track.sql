@@ -45,6 +45,13 @@ CREATE TRIGGER audit_mw_delete AFTER DELETE ON {table}
 CREATE TRIGGER audit_mw_truncate AFTER TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_truncate({keys}, {excluded}, {masked},
                                                    {schema_name}, {table_name});
+-- ALWAYS: capture also fires under session_replication_role = replica, so no setting a
+-- session can change skips it. (Tables on a logical-replication subscriber are not tracked
+-- unless someone runs track there; trigger definitions are not replicated.)
+ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_insert;
+ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_update;
+ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_delete;
+ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_truncate;
 
 -- name: comment_trigger
 COMMENT ON TRIGGER {trigger} ON {table} IS {comment};
