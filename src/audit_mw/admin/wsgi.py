@@ -61,10 +61,21 @@ class AdminWSGI:
 
     def stop(self) -> None:
         """Stop the adapter's loop (after closing the pool with :meth:`run`)."""
+        if self.loop.is_running():
+            # Requests still parked on the loop (a client that went away) are cancelled and
+            # awaited, so that no task is destroyed while pending.
+            self.run(_cancel_pending())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+async def _cancel_pending() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def admin_wsgi_app(
