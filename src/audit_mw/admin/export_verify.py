@@ -188,7 +188,10 @@ class _Check:
         else:
             self.span = ([min(self.span[0], occurred), max(self.span[1], occurred)]
                          if self.span else [occurred, occurred])
-        if self.order is not None and (txid, event_id) <= self.order:
+        # Sealed events are ordered by their chain positions (the segment walk names what
+        # moved); the unsealed ones, which follow them, by (txid, id).
+        if fields.position is None and self.order is not None and (
+                txid, event_id) <= self.order:
             self.problem("reordered", f"{where}: event {event_id} is out of chain order")
         self.order = (txid, event_id)
         if fields.position is None:
