@@ -61,7 +61,8 @@ def _trail(conn: psycopg.Connection[Any], *, unsealed: bool = True) -> None:
             insert_events(conn, [{"occurred_at": OUTSIDE, "app_user_id": f"out{n}"}])
     insert_events(conn, [{"occurred_at": OUTSIDE, "app_user_id": "after"}] * 5)
     result = seal(conn, SEALER, batch_size=7)
-    assert result.sealed == 35 and len(result.checkpoints) == 5
+    assert result.sealed == 35
+    assert len(result.checkpoints) == 5
     if unsealed:
         insert_events(conn, [{"occurred_at": INSIDE, "app_user_id": "late"}] * 2)
 
@@ -80,9 +81,9 @@ def _manifest(lines: list[bytes]) -> dict[str, Any]:
         found: dict[str, Any] = json.loads(last)["manifest"]
         return found
     cells = parse_csv_record(last.rstrip("\r\n"))
-    assert cells is not None and cells[1] is not None
-    found = json.loads(cells[1])
-    return found
+    assert cells is not None
+    assert cells[1] is not None
+    return json.loads(cells[1])
 
 
 def _forge(lines: list[bytes], manifest: dict[str, Any] | None = None) -> list[bytes]:
@@ -125,7 +126,9 @@ def test_untouched_export_verifies_against_the_chain(
     assert (manifest["count"], manifest["sealed"], manifest["unsealed"]) == (26, 24, 2)
     chain, checkpoint = manifest["chain"], manifest["checkpoint"]
     assert checkpoint["position"] >= chain["last_position"]
-    assert checkpoint["signature"] and checkpoint["mac"] and checkpoint["key_id"] == "k1"
+    assert checkpoint["signature"]
+    assert checkpoint["mac"]
+    assert checkpoint["key_id"] == "k1"
     assert checkpoint["chain_id"] == chain["chain_id"]
     # The out-of-range events between the exported ones, and those up to the checkpoint.
     link_positions = [link[0] for link in chain["links"]]
@@ -258,7 +261,8 @@ def _position(lines: list[bytes], index: int) -> int:
     if text.startswith("{"):
         return int(json.loads(text)["chain_position"])
     cells = parse_csv_record(text.rstrip("\r\n"))
-    assert cells is not None and cells[26] is not None
+    assert cells is not None
+    assert cells[26] is not None
     return int(cells[26])
 
 

@@ -72,9 +72,9 @@ def test_runs_are_append_only_and_need_the_owner(
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute(statement)
     # The admin routes' role reads the trail; it may not record a verification.
-    with psycopg.connect(reader_dsn, autocommit=True) as reader:
-        with pytest.raises(ConfigurationError, match="schema owner"):
-            verify(reader, hmac_keys(), record=True)
+    with (psycopg.connect(reader_dsn, autocommit=True) as reader,
+          pytest.raises(ConfigurationError, match="schema owner")):
+        verify(reader, hmac_keys(), record=True)
     assert len(_runs(conn)) == 1
 
     # A verification that cannot run is recorded as such.

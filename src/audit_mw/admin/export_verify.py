@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from audit_mw.admin._export_format import (
     CSV_MANIFEST,
@@ -106,7 +106,7 @@ def _read_lines(source: Path | str | Iterable[bytes]) -> tuple[Iterable[bytes], 
                     yield from handle
 
         return _File(), last
-    lines = source if isinstance(source, list) else list(cast("Iterable[bytes]", source))
+    lines = source if isinstance(source, list) else list(source)
     return lines, (lines[-1] if lines else b"")
 
 

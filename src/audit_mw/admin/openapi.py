@@ -269,7 +269,8 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             }},
             "/export": {"get": {
                 "operationId": "exportEvents",
-                "summary": "Every event of a time range, streamed, with a signed manifest",
+                "summary": "Every event of a time range, streamed, with its chain entry and a "
+                           "signed manifest naming the covering checkpoint",
                 "parameters": [
                     _query("from", _TIMESTAMP, "occurred at or after", required=True),
                     _query("to", _TIMESTAMP, "occurred before", required=True),

@@ -24,7 +24,8 @@ from audit_mw.integrity.keys import KeyRing
 
 def register(commands: Any) -> None:
     p = commands.add_parser(
-        "export", help="export the trail of a time range, with a signed manifest")
+        "export", help="export the trail of a time range with its chain entries and a "
+                       "signed manifest")
     p.add_argument("--from", dest="start", required=True, metavar="TIMESTAMP",
                    help="first instant included (ISO 8601 with a time zone)")
     p.add_argument("--to", dest="end", required=True, metavar="TIMESTAMP",
@@ -80,7 +81,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             "sha256": stats.sha256})
     ids = (f"ids {stats.first['id']}..{stats.last['id']}"
            if stats.first and stats.last else "no entries")
-    print(f"exported {stats.count} entries ({ids}) to {target}; sha256 {stats.sha256}")
+    print(f"exported {stats.count} entries ({ids}) to {target}; {stats.sealed} sealed, "
+          f"{stats.unsealed} not sealed yet; sha256 {stats.sha256}")
     return 0
 
 
