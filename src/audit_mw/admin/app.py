@@ -58,6 +58,7 @@ from audit_mw.admin.query import (
 from audit_mw.asgi import user_from_scope
 from audit_mw.context import AuditContext, current
 from audit_mw.errors import AuditError, EventWriteError, QueryError
+from audit_mw.integrity.runs import run_to_json
 
 __all__ = ["Authorize", "admin_app"]
 
@@ -350,9 +351,11 @@ class _AdminRoutes:
 
 
 async def integrity_status(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
-    """The integrity position in a few index lookups: no scan, however long the trail."""
+    """The integrity position and the latest recorded verification run, in a few index
+    lookups: no scan, however long the trail, and never a verification itself."""
     tables = await (await conn.execute(_sql.query("admin", "integrity_tables"))).fetchone()
-    has_chain, has_checkpoints = (bool(tables[0]), bool(tables[1])) if tables else (False, False)
+    has_chain, has_checkpoints, has_runs = (
+        (bool(tables[0]), bool(tables[1]), bool(tables[2])) if tables else (False,) * 3)
     latest_row = await (await conn.execute(_sql.query("admin", "latest_event"))).fetchone()
     latest = int(latest_row[0]) if latest_row and latest_row[0] is not None else 0
     sealed = 0
@@ -367,6 +370,12 @@ async def integrity_status(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]
             names = [d.name for d in cur.description or ()]
             checkpoint = dict(zip(names, found, strict=True))
             checkpoint["created_at"] = checkpoint["created_at"].isoformat()
+    last_verification = None
+    if has_runs:
+        cur = await conn.execute(_sql.query("admin", "latest_verification"))
+        found = await cur.fetchone()
+        if found is not None:
+            last_verification = run_to_json([d.name for d in cur.description or ()], found)
     return {
         "integrity_installed": has_chain and has_checkpoints,
         "latest_event_id": latest or None,
@@ -374,7 +383,7 @@ async def integrity_status(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]
         # ids are never reused and may have gaps, so this bounds the backlog from above.
         "unsealed_backlog_max": max(0, latest - sealed),
         "checkpoint": checkpoint,
-        "last_verification": None,
+        "last_verification": last_verification,
     }
 
 

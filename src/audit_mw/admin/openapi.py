@@ -123,10 +123,40 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "sealed_position": {"type": "integer", "minimum": 0},
             "unsealed_backlog_max": {"type": "integer", "minimum": 0},
             "checkpoint": {"type": ["object", "null"]},
-            "last_verification": {"type": ["object", "null"]},
+            "last_verification": {"oneOf": [
+                {"$ref": "#/components/schemas/VerificationRun"}, {"type": "null"}]},
         },
         "required": ["integrity_installed", "latest_event_id", "sealed_position",
                      "unsealed_backlog_max", "checkpoint", "last_verification"],
+        "additionalProperties": False,
+    },
+    "VerificationRun": {
+        "type": "object",
+        "description": "The newest run recorded by `audit-mw verify --record`.",
+        "properties": {
+            "id": {"type": "integer", "minimum": 1},
+            "started_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": "string", "format": "date-time"},
+            "status": {"type": "string", "enum": ["valid", "valid_unanchored", "tampered",
+                                                  "unverifiable"]},
+            "valid": {"type": "boolean"},
+            "anchored": {"type": "boolean"},
+            "checked": {"type": "integer", "minimum": 0},
+            "unsealed": {"type": "integer", "minimum": 0},
+            "checkpoints": {"type": "integer", "minimum": 0},
+            "head_position": {"type": "integer", "minimum": 0},
+            "anchored_position": {"type": ["integer", "null"]},
+            "chain_id": {"type": ["string", "null"], "format": "uuid"},
+            "kind": {"type": ["string", "null"]},
+            "first_bad_id": {"type": ["integer", "null"]},
+            "first_bad_position": {"type": ["integer", "null"]},
+            "detail": {"type": "string"},
+            "db_role": {"type": "string"},
+        },
+        "required": ["id", "started_at", "finished_at", "status", "valid", "anchored",
+                     "checked", "unsealed", "checkpoints", "head_position",
+                     "anchored_position", "chain_id", "kind", "first_bad_id",
+                     "first_bad_position", "detail", "db_role"],
         "additionalProperties": False,
     },
     "Error": {
@@ -239,7 +269,8 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             }},
             "/export": {"get": {
                 "operationId": "exportEvents",
-                "summary": "Every event of a time range, streamed, with a signed manifest",
+                "summary": "Every event of a time range, streamed, with its chain entry and a "
+                           "signed manifest naming the covering checkpoint",
                 "parameters": [
                     _query("from", _TIMESTAMP, "occurred at or after", required=True),
                     _query("to", _TIMESTAMP, "occurred before", required=True),
@@ -255,7 +286,8 @@ def openapi_document(root_path: str = "") -> dict[str, Any]:
             }},
             "/verify": {"get": {
                 "operationId": "integrityStatus",
-                "summary": "Integrity position: checkpoint, sealed position, backlog bound",
+                "summary": "Integrity position: checkpoint, sealed position, backlog bound, last "
+                           "recorded verification",
                 "responses": _ok("the integrity status", "IntegrityStatus"),
             }},
             "/openapi.json": {"get": {

@@ -13,18 +13,19 @@ from audit_mw.admin._access import AccessAction, Actor, record_sync
 from audit_mw.admin.export import (
     KEY_ENV,
     export_key_from_env,
-    export_keys_from_env,
     verify_export,
     write_export,
 )
 from audit_mw.admin.query import parse_export_range
 from audit_mw.cli._connect import connect
 from audit_mw.errors import ConfigurationError
+from audit_mw.integrity.keys import KeyRing
 
 
 def register(commands: Any) -> None:
     p = commands.add_parser(
-        "export", help="export the trail of a time range, with a signed manifest")
+        "export", help="export the trail of a time range with its chain entries and a "
+                       "signed manifest")
     p.add_argument("--from", dest="start", required=True, metavar="TIMESTAMP",
                    help="first instant included (ISO 8601 with a time zone)")
     p.add_argument("--to", dest="end", required=True, metavar="TIMESTAMP",
@@ -35,8 +36,12 @@ def register(commands: Any) -> None:
 
     p = commands.add_parser(
         "verify-export",
-        help="check an export file offline (no database); exit 1 if it was altered")
+        help="check an export file offline against the chain (no database); exit 0 valid, "
+             "1 altered, 2 cannot verify")
     p.add_argument("file", metavar="FILE")
+    p.add_argument("--public-key", action="append", default=[], metavar="BASE64_OR_FILE",
+                   help="Ed25519 public key the checkpoints are signed with (also "
+                        "$AUDIT_VERIFY_KEYS); repeatable")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_verify_export)
 
@@ -76,7 +81,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             "sha256": stats.sha256})
     ids = (f"ids {stats.first['id']}..{stats.last['id']}"
            if stats.first and stats.last else "no entries")
-    print(f"exported {stats.count} entries ({ids}) to {target}; sha256 {stats.sha256}")
+    print(f"exported {stats.count} entries ({ids}) to {target}; {stats.sealed} sealed, "
+          f"{stats.unsealed} not sealed yet; sha256 {stats.sha256}")
     return 0
 
 
@@ -84,21 +90,25 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise ConfigurationError(f"no such file: {path}")
-    result = verify_export(path, export_keys_from_env())
+    env = KeyRing.from_env()
+    publics = [Path(v).read_text().strip() if Path(v).is_file() else v for v in args.public_key]
+    keys = KeyRing.build(env.hmac_keys, public_keys=[*env.public_keys.values(), *publics])
+    result = verify_export(path, keys)
     manifest = result.manifest or {}
     if args.json:
-        print(json.dumps({"ok": result.ok, "count": result.count,
-                          "problems": list(result.problems),
-                          "from": manifest.get("from"), "to": manifest.get("to"),
-                          "first": manifest.get("first"), "last": manifest.get("last"),
-                          "checkpoint": manifest.get("checkpoint")}, indent=2))
-        return 0 if result.ok else 1
+        print(json.dumps(result.to_json(), indent=2))
+        return result.exit_code
     if result.ok:
+        checkpoint = manifest.get("checkpoint") or {}
+        chain = (f"{result.chain_checked} sealed entries verified against checkpoint "
+                 f"{checkpoint.get('seq')}" if result.sealed else "no sealed entries")
         print(f"ok: {result.count} entries from {manifest.get('from')} to "
-              f"{manifest.get('to')}, manifest authenticated with key "
-              f"{manifest.get('verification', {}).get('key_id')!r}")
-        return 0
+              f"{manifest.get('to')}; {chain}; {result.unsealed} not sealed yet; "
+              f"status {result.status}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
+        return result.exit_code
     for problem in result.problems:
         print(f"PROBLEM: {problem}")
-    print("verify-export: FAILED")
-    return 1
+    print(f"verify-export: FAILED ({result.status})")
+    return result.exit_code

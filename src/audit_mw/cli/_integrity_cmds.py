@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -12,9 +13,11 @@ from typing import Any
 import structlog
 
 from audit_mw.cli._connect import connect
+from audit_mw.errors import AuditError, IntegrityError, SchemaError
 from audit_mw.integrity.chain import VerifyResult
 from audit_mw.integrity.checkpoints import JsonlSink, StructlogSink
 from audit_mw.integrity.keys import KeyRing, generate_hmac_key, generate_signing_key
+from audit_mw.integrity.runs import record_failure, record_run
 from audit_mw.integrity.seal import seal
 from audit_mw.integrity.verify import verify
 
@@ -37,6 +40,9 @@ def register(commands: Any) -> None:
     p.add_argument("--public-key", action="append", default=[], metavar="BASE64_OR_FILE",
                    help="Ed25519 public key; checkpoints must be signed by it; repeatable")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--record", action="store_true",
+                   help="append the result to audit.verification_runs (needs the schema "
+                        "owner's role); the admin routes' /verify shows the latest run")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: when stderr is a terminal)")
     p.set_defaults(handler=cmd_verify)
@@ -106,16 +112,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                       *_public_keys(args.public_key)])
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = _Bar() if show else None
+    started_at = dt.datetime.now(dt.UTC)
     with connect(args) as conn:
-        result = verify(conn, keys, checkpoint_file=args.checkpoint_file, progress=bar)
-    if bar is not None and bar.shown:
-        sys.stderr.write("\n")
-    if not result.valid:
-        _error_log().error("audit_verify_failed", **result.to_json())
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        _print_result(result)
+        # The result is recorded after it is reported, so that a failure to record it never
+        # hides a broken chain.
+        try:
+            result = verify(conn, keys, checkpoint_file=args.checkpoint_file, progress=bar)
+        except (IntegrityError, SchemaError) as exc:
+            if args.record:
+                record_failure(conn, exc, started_at=started_at)
+            raise
+        if bar is not None and bar.shown:
+            sys.stderr.write("\n")
+        if not result.valid:
+            _error_log().error("audit_verify_failed", **result.to_json())
+        if args.json:
+            print(json.dumps(result.to_json(), indent=2))
+        else:
+            _print_result(result)
+        if args.record:
+            try:
+                run_id = record_run(conn, result, started_at=started_at)
+            except AuditError as exc:
+                print(f"audit-mw: error: {exc}", file=sys.stderr)
+                return result.exit_code or 2
+            if not args.json:
+                print(f"  recorded as verification run {run_id}")
     return result.exit_code
 
 

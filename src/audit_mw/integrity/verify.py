@@ -4,11 +4,13 @@
 streams the chain in position order (memory does not grow with the trail) and feeds the
 pure :class:`~audit_mw.integrity.chain.Verifier`. Given the checkpoint file (or any
 copies kept outside the database), it also detects a truncated tail and a restored older
-backup; without, a clean result is reported as *unanchored*.
+backup; without, a clean result is reported as *unanchored*. With ``record=True`` the
+outcome is appended to ``audit.verification_runs`` (see :mod:`~audit_mw.integrity.runs`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -19,10 +21,11 @@ from psycopg import pq
 from psycopg.rows import dict_row
 
 from audit_mw import _sql
-from audit_mw.errors import ConfigurationError, IntegrityError
+from audit_mw.errors import ConfigurationError, IntegrityError, SchemaError
 from audit_mw.integrity.chain import Finding, Verifier, VerifyResult
 from audit_mw.integrity.checkpoints import Checkpoint, read_checkpoint_file
 from audit_mw.integrity.keys import KeyRing
+from audit_mw.integrity.runs import record_failure, record_run
 from audit_mw.integrity.seal import (
     _ORDER_START,
     _checkpoints,
@@ -45,6 +48,7 @@ def verify(
     anchors: Sequence[Checkpoint] | None = None,
     start: Checkpoint | None = None,
     progress: ProgressCallback | None = None,
+    record: bool = False,
 ) -> VerifyResult:
     """Verify the chain in the database ``conn`` is connected to.
 
@@ -54,7 +58,33 @@ def verify(
     begin after instead of the genesis. Raises :class:`~audit_mw.errors.IntegrityError` or
     :class:`~audit_mw.errors.ConfigurationError` when verification cannot run; a broken
     chain is a result (``valid`` false), not an exception.
+
+    ``record=True`` appends the result to ``audit.verification_runs`` afterwards (a run that
+    raised ``IntegrityError`` or ``SchemaError`` is recorded as ``unverifiable``); this needs
+    a role that may insert there, the schema owner.
     """
+    started_at = dt.datetime.now(dt.UTC)
+    try:
+        result = _verify(conn, keys, checkpoint_file=checkpoint_file, anchors=anchors,
+                         start=start, progress=progress)
+    except (IntegrityError, SchemaError) as exc:
+        if record:
+            record_failure(conn, exc, started_at=started_at)
+        raise
+    if record:
+        record_run(conn, result, started_at=started_at)
+    return result
+
+
+def _verify(
+    conn: psycopg.Connection[Any],
+    keys: KeyRing | None,
+    *,
+    checkpoint_file: str | os.PathLike[str] | None,
+    anchors: Sequence[Checkpoint] | None,
+    start: Checkpoint | None,
+    progress: ProgressCallback | None,
+) -> VerifyResult:
     keys = KeyRing.from_env() if keys is None else keys
     if not keys.hmac_keys and not keys.public_keys:
         raise ConfigurationError(

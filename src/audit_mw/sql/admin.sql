@@ -53,16 +53,54 @@ ORDER BY a.attnum;
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 
 -- name: export_rows
--- Oldest first, the same order a verifier walks the chain in.
-SELECT e.id, pg_catalog.row_to_json(e)::text AS event
+-- In chain order, (txid, id): the sealed events first, in chain position order (the order
+-- a verifier walks the chain in), then the events not sealed yet. Each sealed event comes
+-- with its chain entry. json_nulls names the jsonb columns that hold a JSON null, which
+-- row_to_json prints the same as an SQL NULL; the hash tells them apart, so must the export.
+SELECT e.id, pg_catalog.row_to_json(e)::text AS event,
+       c.position, c.content_hash, c.entry_hash,
+       NULLIF(pg_catalog.array_remove(ARRAY[
+           CASE WHEN pg_catalog.jsonb_typeof(e.old_values) = 'null' THEN 'old_values' END,
+           CASE WHEN pg_catalog.jsonb_typeof(e.new_values) = 'null' THEN 'new_values' END,
+           CASE WHEN pg_catalog.jsonb_typeof(e.context_extra) = 'null' THEN 'context_extra' END,
+           CASE WHEN pg_catalog.jsonb_typeof(e.metadata) = 'null' THEN 'metadata' END
+       ]::text[], NULL), '{}'::text[]) AS json_nulls
 FROM audit.events AS e
+LEFT JOIN audit.chain AS c ON c.event_id = e.id
 WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
-ORDER BY e.id;
+ORDER BY e.txid, e.id;
+
+-- name: export_chain_id
+SELECT chain_id::text AS chain_id FROM audit.chains;
+
+-- name: export_previous_hash
+-- The entry hash before the first exported position: where the exported slice hangs on.
+SELECT entry_hash FROM audit.chain WHERE position = %(position)s;
+
+-- name: export_covering_checkpoint
+-- The first checkpoint at or after the last exported position: it authenticates the slice.
+SELECT {columns} FROM audit.checkpoints
+WHERE position >= %(position)s
+ORDER BY position, seq
+LIMIT 1;
+
+-- name: export_links
+-- The chain entries from the first exported position to the covering checkpoint whose
+-- events are not in the export (outside the range), as hashes only: with them a verifier
+-- links the exported entries to each other and to the checkpoint's head. A chain entry
+-- whose event is gone is left out, so that the verifier sees the hole.
+SELECT c.position, c.event_id, c.content_hash
+FROM audit.chain AS c
+JOIN audit.events AS e ON e.id = c.event_id
+WHERE c.position BETWEEN %(first)s AND %(last)s
+  AND NOT (e.occurred_at >= %(start)s AND e.occurred_at < %(end)s)
+ORDER BY c.position;
 
 -- name: integrity_tables
 -- Which integrity tables exist (they arrive with the integrity migration).
 SELECT pg_catalog.to_regclass('audit.chain') IS NOT NULL AS has_chain,
-       pg_catalog.to_regclass('audit.checkpoints') IS NOT NULL AS has_checkpoints;
+       pg_catalog.to_regclass('audit.checkpoints') IS NOT NULL AS has_checkpoints,
+       pg_catalog.to_regclass('audit.verification_runs') IS NOT NULL AS has_runs;
 
 -- name: latest_event
 -- The newest id, from the primary key: an upper bound of the number of events.
@@ -77,3 +115,12 @@ LIMIT 1;
 
 -- name: sealed_position
 SELECT pg_catalog.max(c.position) AS position FROM audit.chain AS c;
+
+-- name: latest_verification
+-- The newest recorded verification run (migration 0005), from the primary key.
+SELECT r.id, r.started_at, r.finished_at, r.status, r.anchored, r.checked, r.unsealed,
+       r.checkpoints, r.head_position, r.anchored_position, r.chain_id, r.kind,
+       r.first_bad_id, r.first_bad_position, r.detail, r.db_role
+FROM audit.verification_runs AS r
+ORDER BY r.id DESC
+LIMIT 1;

@@ -228,3 +228,14 @@ WHERE (e.txid, e.id) <= (%(txid)s::xid8, %(id)s)
   AND NOT EXISTS (SELECT 1 FROM audit.chain AS c WHERE c.event_id = e.id)
 ORDER BY e.txid, e.id
 LIMIT 1;
+
+-- name: insert_verification_run
+-- One row per recorded verification (migration 0005); needs INSERT on the table, which the
+-- schema owner has.
+INSERT INTO audit.verification_runs (started_at, status, anchored, checked, unsealed,
+                                     checkpoints, head_position, anchored_position, chain_id,
+                                     kind, first_bad_id, first_bad_position, detail)
+VALUES (%(started_at)s, %(status)s, %(anchored)s, %(checked)s, %(unsealed)s, %(checkpoints)s,
+        %(head_position)s, %(anchored_position)s, %(chain_id)s, %(kind)s, %(first_bad_id)s,
+        %(first_bad_position)s, %(detail)s)
+RETURNING id;

@@ -1,0 +1,388 @@
+"""Offline verification of an export file: no database, only the file and the keys.
+
+:func:`verify_export` checks, in one streaming pass after reading the manifest (the last
+line):
+
+1. every sealed event against the chain: its content hash and entry hash are recomputed
+   from its values, linked to the previous entry (the manifest's ``previous_entry_hash``
+   and ``links`` fill the positions whose events are outside the range) up to the covering
+   checkpoint, whose head must be reached and whose HMAC (``AUDIT_HMAC_KEY(S)``) or Ed25519
+   signature (a public key) must verify. An edited, removed, added or moved sealed line is
+   named by its line number and event id, even when the manifest's digest was recomputed;
+2. the order (chain order: ``(txid, id)`` increasing; sealed events before unsealed ones)
+   and that every event lies in the stated range;
+3. the manifest: its MAC with the export key, the SHA-256 of the lines, the counts, the
+   first and last entries. Only the MAC protects unsealed events and the range's ends.
+
+Statuses: ``valid`` (all of it), ``valid_chain_only`` (every event is sealed and verified
+against a checkpoint, but the manifest's MAC could not be checked: no export key was
+given, e.g. an auditor with only the public key), ``tampered`` (exit 1), ``unverifiable``
+(exit 2: no key, a checkpoint key that is not given, unsealed events without the export key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from audit_mw.admin._export_format import (
+    CSV_MANIFEST,
+    FORMAT_VERSION,
+    ExportKey,
+    chain_fields,
+    csv_records,
+    event_content,
+    parse_csv_record,
+    restore_cell,
+)
+from audit_mw.integrity.canonical import parse_json
+from audit_mw.integrity.checkpoints import Checkpoint
+from audit_mw.integrity.keys import KeyRing
+from audit_mw.integrity.segment import Link, SegmentVerifier
+
+__all__ = ["VerifyResult", "verify_export"]
+
+KEY_ENV: Final = "AUDIT_HMAC_KEY"
+Keys = KeyRing | ExportKey | Mapping[str, ExportKey] | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """The outcome of :func:`verify_export`: ``ok``, or the problems found."""
+
+    ok: bool
+    problems: tuple[str, ...]
+    count: int
+    manifest: Mapping[str, Any] | None
+    status: str = "tampered"
+    sealed: int = 0
+    unsealed: int = 0
+    chain_checked: int = 0
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        """0 valid, 1 tampered, 2 could not verify."""
+        return {"valid": 0, "valid_chain_only": 0, "tampered": 1}.get(self.status, 2)
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict."""
+        manifest = self.manifest or {}
+        return {"ok": self.ok, "status": self.status, "count": self.count,
+                "sealed": self.sealed, "unsealed": self.unsealed,
+                "chain_checked": self.chain_checked, "problems": list(self.problems),
+                "warnings": list(self.warnings), "from": manifest.get("from"),
+                "to": manifest.get("to"), "first": manifest.get("first"),
+                "last": manifest.get("last"), "checkpoint": manifest.get("checkpoint")}
+
+
+def _key_ring(keys: Keys) -> KeyRing:
+    if keys is None:
+        return KeyRing()
+    if isinstance(keys, KeyRing):
+        return keys
+    found = [keys] if isinstance(keys, ExportKey) else list(keys.values())
+    return KeyRing.build({k.key_id: k.secret for k in found})
+
+
+def _read_lines(source: Path | str | Iterable[bytes]) -> tuple[Iterable[bytes], bytes]:
+    """The file's lines (re-iterable) and its last line."""
+    if isinstance(source, Path | str):
+        path = Path(source)
+        last = b""
+        with path.open("rb") as handle:
+            for line in handle:
+                last = line
+
+        class _File:
+            def __iter__(self) -> Iterator[bytes]:
+                with path.open("rb") as handle:
+                    yield from handle
+
+        return _File(), last
+    lines = source if isinstance(source, list) else list(source)
+    return lines, (lines[-1] if lines else b"")
+
+
+def _parse_manifest(line: bytes) -> dict[str, Any] | None:
+    text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+    try:
+        if text.startswith('{"manifest"'):
+            found = json.loads(text)["manifest"]
+        elif text.startswith(CSV_MANIFEST + ","):
+            cells = parse_csv_record(text)
+            found = json.loads(cells[1] or "") if cells and len(cells) == 2 else None
+        else:
+            return None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+class _Check:
+    """The state of one verification: problems, counts, the chain walk."""
+
+    def __init__(self, manifest: Mapping[str, Any] | None, ring: KeyRing,
+                 max_problems: int) -> None:
+        self.manifest = manifest
+        self.max_problems = max_problems
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.unverifiable: list[str] = []
+        self.count = self.sealed = self.unsealed = 0
+        self.first: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self.span: list[datetime] = []
+        self.order: tuple[int, int] | None = None
+        self.unsealed_where: str | None = None
+        self.inserted_reported = False
+        self.segment = self._segment(manifest, ring) if manifest is not None else None
+
+    def problem(self, kind: str, detail: str) -> None:
+        self.problems.append(f"{kind}: {detail}")
+
+    def _segment(self, manifest: Mapping[str, Any], ring: KeyRing) -> SegmentVerifier | None:
+        chain = manifest.get("chain")
+        if chain is None:
+            if manifest.get("sealed"):
+                self.problem("bad_checkpoint", "the manifest counts sealed events but has no "
+                                               "chain section")
+            return None
+        try:
+            links = [Link(int(p), int(i), bytes.fromhex(h)) for p, i, h in chain["links"]]
+            cp_json = manifest.get("checkpoint")
+            if not isinstance(cp_json, dict):
+                self.problem("bad_checkpoint", "no checkpoint covers the exported entries")
+                return None
+            return SegmentVerifier(
+                chain_id=str(chain["chain_id"]), first_position=int(chain["first_position"]),
+                previous_hash=bytes.fromhex(chain["previous_entry_hash"]), links=links,
+                checkpoint=Checkpoint.from_json(cp_json), keys=ring)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.problem("bad_checkpoint", f"the manifest's chain section is malformed ({exc})")
+            return None
+
+    def row(self, where: str, event: dict[str, Any], parsed: bool) -> None:
+        self.count += 1
+        try:
+            event_id = int(event["id"])
+            occurred = datetime.fromisoformat(str(event["occurred_at"]))
+            txid = int(event["txid"])
+            fields = chain_fields(event)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.problem("modified", f"{where}: the event cannot be read ({exc})")
+            return
+        entry = {"id": event_id, "occurred_at": event["occurred_at"],
+                 "chain_position": fields.position}
+        self.first = self.first or entry
+        self.last = entry
+        if occurred.tzinfo is None:
+            self.problem("modified", f"{where}: event {event_id} has a timestamp without a "
+                                     "time zone")
+        else:
+            self.span = ([min(self.span[0], occurred), max(self.span[1], occurred)]
+                         if self.span else [occurred, occurred])
+        # Sealed events are ordered by their chain positions (the segment walk names what
+        # moved); the unsealed ones, which follow them, by (txid, id).
+        if fields.position is None and self.order is not None and (
+                txid, event_id) <= self.order:
+            self.problem("reordered", f"{where}: event {event_id} is out of chain order")
+        self.order = (txid, event_id)
+        if fields.position is None:
+            self.unsealed += 1
+            self.unsealed_where = self.unsealed_where or f"{where} (event {event_id})"
+            return
+        self.sealed += 1
+        if self.unsealed_where is not None and not self.inserted_reported:
+            self.inserted_reported = True
+            self.problem("inserted", f"{self.unsealed_where} is not sealed but comes before "
+                                     f"sealed events ({where}): it was added")
+        if self.segment is None:
+            return
+        try:
+            _, content = event_content(event, fields.json_nulls, parsed=parsed)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.problem("modified", f"{where}: event {event_id} cannot be read ({exc})")
+            return
+        self.segment.feed(fields.position, event_id, content, fields.content_hash,
+                          fields.entry_hash, where)
+
+    def done(self) -> bool:
+        return len(self.problems) > self.max_problems
+
+
+def _events(lines: Iterable[bytes], fmt: str, check: _Check) -> None:
+    text_lines = (line.decode("utf-8", errors="replace") for line in lines)
+    if fmt == "csv":
+        _csv_events(text_lines, check)
+        return
+    first = next(text_lines, None)
+    try:
+        head = json.loads(first) if first else None
+    except ValueError:
+        head = None
+    if not isinstance(head, dict) or head.get("audit_mw_export") != FORMAT_VERSION:
+        check.problem("modified", f"line 1 is not an audit_mw export header (format "
+                                  f"version {FORMAT_VERSION})")
+    for number, line in enumerate(text_lines, start=2):
+        try:
+            event = parse_json(line)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            check.problem("modified", f"line {number} is not a JSON object")
+        else:
+            check.row(f"line {number}", event, parsed=True)
+        if check.done():
+            return
+
+
+def _csv_events(text_lines: Iterator[str], check: _Check) -> None:
+    records = csv_records(text_lines)
+    head = next(records, None)
+    header = parse_csv_record(head[1]) if head else None
+    if not header or any(name is None for name in header):
+        check.problem("modified", "line 1 is not a CSV header")
+        return
+    names = [str(name) for name in header]
+    for number, text in records:
+        cells = parse_csv_record(text)
+        if cells is None or len(cells) != len(names):
+            check.problem("modified", f"line {number}: not a record of {len(names)} cells")
+        else:
+            check.row(f"line {number}", {
+                name: None if cell is None else restore_cell(cell)
+                for name, cell in zip(names, cells, strict=True)}, parsed=False)
+        if check.done():
+            return
+
+
+def _lines_but_last(lines: Iterable[bytes], digest: Any) -> Iterator[bytes]:
+    previous: bytes | None = None
+    for line in lines:
+        if previous is not None:
+            digest.update(previous)
+            yield previous
+        previous = line
+
+
+def verify_export(
+    source: Path | str | Iterable[bytes],
+    keys: Keys,
+    *,
+    max_problems: int = 20,
+) -> VerifyResult:
+    """Check an export file offline: its sealed events against the chain and checkpoint,
+    its order and range, and its manifest (MAC, digest, counts).
+
+    ``source`` is a path or the file's lines as bytes. ``keys`` is a :class:`KeyRing` (HMAC
+    keys for the manifest and the checkpoint, Ed25519 public keys for signed checkpoints),
+    or the export key(s) alone (:class:`ExportKey`, or keys by id as from
+    :func:`~audit_mw.admin.export.export_keys_from_env`).
+    """
+    ring = _key_ring(keys)
+    lines, last_line = _read_lines(source)
+    manifest = _parse_manifest(last_line)
+    check = _Check(manifest, ring, max_problems)
+    digest = hashlib.sha256()
+    body = _lines_but_last(lines, digest)
+    peek = next(body, None)
+    if peek is None:
+        return VerifyResult(False, ("modified: the file has fewer than two lines: not an "
+                                    "export",), 0, None)
+    fmt = "ndjson" if peek.startswith(b"{") else "csv"
+
+    def chained() -> Iterator[bytes]:
+        yield peek
+        yield from body
+
+    _events(chained(), fmt, check)
+    for _ in body:  # after too many problems: the digest still covers the whole file
+        pass
+    if manifest is None:
+        check.problem("modified", "the last line is not a manifest: the export is truncated "
+                                  "or altered")
+        return _result(check, None)
+    if check.segment is not None:
+        check.segment.finish()
+        check.problems.extend(f"{f.kind}: {f.detail}" for f in check.segment.findings)
+        check.unverifiable.extend(check.segment.unverifiable)
+    _check_manifest(manifest, ring, check, sha256=digest.hexdigest(), fmt=fmt)
+    return _result(check, manifest)
+
+
+def _result(check: _Check, manifest: Mapping[str, Any] | None) -> VerifyResult:
+    segment = check.segment
+    chained = segment.checked if segment is not None and not segment.findings else 0
+    if check.problems:
+        status = "tampered"
+    elif check.unverifiable:
+        status = "unverifiable"
+    elif check.warnings:
+        status = "valid_chain_only"
+    else:
+        status = "valid"
+    problems = check.problems[: check.max_problems] + (
+        check.unverifiable if status == "unverifiable" else [])
+    return VerifyResult(
+        ok=status in ("valid", "valid_chain_only"), problems=tuple(problems),
+        count=check.count, manifest=manifest, status=status, sealed=check.sealed,
+        unsealed=check.unsealed, chain_checked=chained, warnings=tuple(check.warnings))
+
+
+def _check_manifest(
+    manifest: Mapping[str, Any], ring: KeyRing, check: _Check, *, sha256: str, fmt: str
+) -> None:
+    verification = manifest.get("verification")
+    key_id = verification.get("key_id") if isinstance(verification, dict) else None
+    secret = ring.hmac_keys.get(str(key_id))
+    if secret is not None:
+        if not hmac.compare_digest(str(manifest.get("mac", "")),
+                                   ExportKey(str(key_id), secret).mac(manifest)):
+            check.problem("modified", "the manifest MAC does not match: the manifest was "
+                                      "altered or signed with another key")
+    else:
+        missing = (f"no key to check the manifest MAC: set {KEY_ENV}" if not ring.hmac_keys
+                   else f"the manifest was signed with key {key_id!r}, which is not given")
+        if check.unsealed or not check.sealed or check.segment is None:
+            check.unverifiable.append(
+                f"{missing}; {check.unsealed} unsealed of {check.count} entries are "
+                "protected by the manifest MAC alone")
+        else:
+            check.warnings.append(
+                f"{missing}: every entry verified against the chain, but the manifest (the "
+                "range's completeness, the counts) is not authenticated")
+    if manifest.get("format") != fmt:
+        check.problem("modified", f"the manifest says format {manifest.get('format')!r}, "
+                                  f"the file is {fmt}")
+    if manifest.get("sha256") != sha256:
+        check.problem("modified", "the SHA-256 of the exported lines does not match the "
+                                  "manifest: lines were edited, removed or added")
+    for name, seen in (("count", check.count), ("sealed", check.sealed),
+                       ("unsealed", check.unsealed)):
+        if manifest.get(name) != seen:
+            check.problem("modified", f"the manifest says {name} {manifest.get(name)}, the "
+                                      f"file holds {seen}")
+    for name, entry in (("first", check.first), ("last", check.last)):
+        if (manifest.get(name) or {}).get("id") != (entry or {}).get("id"):
+            check.problem("modified", f"the {name} entry does not match the manifest")
+    _check_span(manifest, check)
+
+
+def _check_span(manifest: Mapping[str, Any], check: _Check) -> None:
+    if not check.span:
+        return
+    try:
+        start = datetime.fromisoformat(str(manifest.get("from")))
+        end = datetime.fromisoformat(str(manifest.get("to")))
+    except ValueError:
+        check.problem("modified", "the manifest range is not a pair of timestamps")
+        return
+    if check.span[0] < start or check.span[1] >= end:
+        check.problem("modified", "entries fall outside the range the manifest states")
