@@ -86,66 +86,88 @@ CREATE TYPE audit.session_context AS (
 -- An empty string means absent. A malformed value never fails the business write: it is
 -- truncated or dropped, and the fact is recorded in context_issues.
 -- Not SECURITY DEFINER: it reads the caller's own settings; callers pin search_path.
+-- plpgsql rather than SQL: a SQL function with a FROM clause is never inlined, and running it
+-- through the SQL-function executor cost about 10 us per call; this costs about 2 us.
 CREATE FUNCTION audit.read_context() RETURNS audit.session_context
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT ROW(
-        pg_catalog.left(s.u, 256),
-        CASE WHEN s.ip IS NOT NULL AND pg_catalog.pg_input_is_valid(s.ip, 'inet')
-             THEN s.ip::inet END,
-        pg_catalog.left(s.rid, 128),
-        pg_catalog.left(s.ua, 512),
-        CASE WHEN s.ex IS NOT NULL AND pg_catalog.pg_input_is_valid(s.ex, 'jsonb')
-             THEN pg_catalog.left(s.ex, 4096)::jsonb END,
-        CASE WHEN pg_catalog.length(s.u) > 256
-                  OR (s.ip IS NOT NULL AND NOT pg_catalog.pg_input_is_valid(s.ip, 'inet'))
-                  OR pg_catalog.length(s.rid) > 128
-                  OR pg_catalog.length(s.ua) > 512
-                  OR (s.ex IS NOT NULL AND (NOT pg_catalog.pg_input_is_valid(s.ex, 'jsonb')
-                                            OR pg_catalog.length(s.ex) > 4096))
-             THEN pg_catalog.array_remove(ARRAY[
-                 CASE WHEN pg_catalog.length(s.u) > 256 THEN 'user_id_truncated' END,
-                 CASE WHEN s.ip IS NOT NULL AND NOT pg_catalog.pg_input_is_valid(s.ip, 'inet')
-                      THEN 'client_ip_invalid' END,
-                 CASE WHEN pg_catalog.length(s.rid) > 128 THEN 'request_id_truncated' END,
-                 CASE WHEN pg_catalog.length(s.ua) > 512 THEN 'user_agent_truncated' END,
-                 CASE WHEN s.ex IS NOT NULL
-                           AND (NOT pg_catalog.pg_input_is_valid(s.ex, 'jsonb')
-                                OR pg_catalog.length(s.ex) > 4096)
-                      THEN 'extra_invalid' END
-             ], NULL) END
-    )::audit.session_context
-    FROM (SELECT
-        NULLIF(pg_catalog.current_setting('audit.user_id', true), '') AS u,
-        NULLIF(pg_catalog.current_setting('audit.ip_address', true), '') AS ip,
-        NULLIF(pg_catalog.current_setting('audit.request_id', true), '') AS rid,
-        NULLIF(pg_catalog.current_setting('audit.user_agent', true), '') AS ua,
-        NULLIF(pg_catalog.current_setting('audit.extra', true), '') AS ex
-    ) AS s
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    u      text := NULLIF(pg_catalog.current_setting('audit.user_id', true), '');
+    ip     text := NULLIF(pg_catalog.current_setting('audit.ip_address', true), '');
+    rid    text := NULLIF(pg_catalog.current_setting('audit.request_id', true), '');
+    ua     text := NULLIF(pg_catalog.current_setting('audit.user_agent', true), '');
+    ex     text := NULLIF(pg_catalog.current_setting('audit.extra', true), '');
+    ip_ok  boolean := ip IS NULL OR pg_catalog.pg_input_is_valid(ip, 'inet');
+    -- Too long is invalid too: cutting JSON short would not leave JSON.
+    ex_ok  boolean := ex IS NULL OR (pg_catalog.length(ex) <= 4096
+                                     AND pg_catalog.pg_input_is_valid(ex, 'jsonb'));
+    result audit.session_context;
+BEGIN
+    result.user_id := pg_catalog.left(u, 256);
+    result.request_id := pg_catalog.left(rid, 128);
+    result.user_agent := pg_catalog.left(ua, 512);
+    IF ip_ok THEN
+        result.client_ip := ip::inet;
+    END IF;
+    IF ex_ok THEN
+        result.extra := ex::jsonb;
+    END IF;
+    IF NOT (ip_ok AND ex_ok) OR pg_catalog.length(u) > 256 OR pg_catalog.length(rid) > 128
+       OR pg_catalog.length(ua) > 512 THEN
+        result.issues := pg_catalog.array_remove(ARRAY[
+            CASE WHEN pg_catalog.length(u) > 256 THEN 'user_id_truncated' END,
+            CASE WHEN NOT ip_ok THEN 'client_ip_invalid' END,
+            CASE WHEN pg_catalog.length(rid) > 128 THEN 'request_id_truncated' END,
+            CASE WHEN pg_catalog.length(ua) > 512 THEN 'user_agent_truncated' END,
+            CASE WHEN NOT ex_ok THEN 'extra_invalid' END
+        ], NULL);
+    END IF;
+    RETURN result;
+END
 $$;
 
 -- The primary key of a row, from its jsonb image: the value as text for one key column,
 -- a JSON array for a composite key, NULL for a table tracked without a key.
+-- The capture functions compute the one-column case inline and call this for the others.
 CREATE FUNCTION audit.record_key(row_image jsonb, key_columns text[]) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE pg_catalog.cardinality(key_columns)
-        WHEN 0 THEN NULL
-        WHEN 1 THEN row_image ->> key_columns[1]
-        ELSE (SELECT pg_catalog.jsonb_agg(row_image -> k ORDER BY n)
-              FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS u(k, n))::text
-    END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    k      text;
+    result jsonb := '[]';
+BEGIN
+    CASE pg_catalog.cardinality(key_columns)
+    WHEN 0 THEN
+        RETURN NULL;
+    WHEN 1 THEN
+        RETURN row_image ->> key_columns[1];
+    ELSE
+        FOREACH k IN ARRAY key_columns LOOP
+            -- Wrapped in an array, so that a value that is itself an array stays one element.
+            result := result || pg_catalog.jsonb_build_array(row_image -> k);
+        END LOOP;
+        RETURN result::text;
+    END CASE;
+END
 $$;
 
 -- Masked columns keep the fact of a value but not the value: '[masked]', or null for null.
+-- The capture functions skip the call when a table has no masked column.
 CREATE FUNCTION audit.mask(row_image jsonb, masked text[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN row_image IS NULL OR pg_catalog.cardinality(masked) = 0 THEN row_image
-    ELSE row_image || COALESCE((
-        SELECT pg_catalog.jsonb_object_agg(k,
-            CASE WHEN pg_catalog.jsonb_typeof(row_image -> k) = 'null' THEN 'null'::jsonb
-                 ELSE '"[masked]"'::jsonb END)
-        FROM pg_catalog.unnest(masked) AS k
-        WHERE row_image ? k), '{}'::jsonb)
-    END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    k text;
+BEGIN
+    IF row_image IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOREACH k IN ARRAY masked LOOP
+        IF row_image ? k THEN
+            row_image := pg_catalog.jsonb_set(row_image, ARRAY[k],
+                CASE WHEN pg_catalog.jsonb_typeof(row_image -> k) = 'null' THEN 'null'::jsonb
+                     ELSE '"[masked]"'::jsonb END);
+        END IF;
+    END LOOP;
+    RETURN row_image;
+END
 $$;
 
 -- Row-change capture. One function per operation serves every tracked table; the trigger's
@@ -156,6 +178,12 @@ $$;
 --   partitioned table fires on the partition; the trail names the table that was tracked)
 -- INSERT and DELETE are statement-level (transition tables); UPDATE is row-level so that
 -- the old and new image of each row are paired exactly, even when the key changes.
+--
+-- Cost matters here (see docs/benchmarks.md): every audited write pays it. So the common
+-- cases are computed inline (one key column: a `->>`; no masked column: no call at all),
+-- the context is read once per statement for INSERT and DELETE, each row image is converted
+-- to jsonb once (OFFSET 0 keeps the planner from copying to_jsonb() into every reference),
+-- and an UPDATE is one INSERT ... SELECT, its changed fields computed within it.
 
 CREATE FUNCTION audit.capture_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -169,10 +197,12 @@ BEGIN
                               app_user_id, client_ip, request_id, user_agent, context_extra,
                               context_issues, application_name, client_addr)
     SELECT 'data', 'INSERT', TG_ARGV[3], TG_ARGV[4],
-           audit.record_key(r.j, key_columns), audit.mask(r.j - excluded, masked),
+           CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN r.j ->> key_columns[1]
+                ELSE audit.record_key(r.j, key_columns) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr()
-    FROM (SELECT pg_catalog.to_jsonb(n) AS j FROM new_rows AS n) AS r;
+    FROM (SELECT pg_catalog.to_jsonb(n) - excluded AS j FROM new_rows AS n OFFSET 0) AS r;
     RETURN NULL;
 END
 $$;
@@ -189,10 +219,12 @@ BEGIN
                               app_user_id, client_ip, request_id, user_agent, context_extra,
                               context_issues, application_name, client_addr)
     SELECT 'data', 'DELETE', TG_ARGV[3], TG_ARGV[4],
-           audit.record_key(r.j, key_columns), audit.mask(r.j - excluded, masked),
+           CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN r.j ->> key_columns[1]
+                ELSE audit.record_key(r.j, key_columns) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr()
-    FROM (SELECT pg_catalog.to_jsonb(o) AS j FROM old_rows AS o) AS r;
+    FROM (SELECT pg_catalog.to_jsonb(o) - excluded AS j FROM old_rows AS o OFFSET 0) AS r;
     RETURN NULL;
 END
 $$;
@@ -203,28 +235,29 @@ DECLARE
     key_columns text[] := TG_ARGV[0]::text[];
     excluded    text[] := TG_ARGV[1]::text[];
     masked      text[] := TG_ARGV[2]::text[];
-    old_image   jsonb := pg_catalog.to_jsonb(OLD) - excluded;
-    new_image   jsonb := pg_catalog.to_jsonb(NEW) - excluded;
-    changed     text[];
-    ctx         audit.session_context;
+    ctx         audit.session_context := audit.read_context();
 BEGIN
-    -- A change to excluded columns only is no change at all, as far as the trail goes.
-    IF old_image = new_image THEN
-        RETURN NULL;
-    END IF;
-    SELECT pg_catalog.array_agg(k.key ORDER BY k.key) INTO changed
-    FROM pg_catalog.jsonb_each(new_image) AS k
-    WHERE k.value IS DISTINCT FROM old_image -> k.key;
-    ctx := audit.read_context();
+    -- No changed field (a change to excluded columns only) means no audit row at all.
     INSERT INTO audit.events (kind, action, schema_name, table_name, record_id, old_values,
                               new_values, changed_fields, app_user_id, client_ip, request_id,
                               user_agent, context_extra, context_issues, application_name,
                               client_addr)
-    VALUES ('data', 'UPDATE', TG_ARGV[3], TG_ARGV[4],
-            audit.record_key(new_image, key_columns),
-            audit.mask(old_image, masked), audit.mask(new_image, masked), changed,
-            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
-            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr());
+    SELECT 'data', 'UPDATE', TG_ARGV[3], TG_ARGV[4],
+           CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN i.n ->> key_columns[1]
+                ELSE audit.record_key(i.n, key_columns) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN i.o ELSE audit.mask(i.o, masked) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN i.n ELSE audit.mask(i.n, masked) END,
+           c.changed,
+           ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
+           NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr()
+    FROM (SELECT pg_catalog.to_jsonb(OLD) - excluded AS o,
+                 pg_catalog.to_jsonb(NEW) - excluded AS n OFFSET 0) AS i
+    CROSS JOIN LATERAL (
+        SELECT pg_catalog.array_agg(e.key ORDER BY e.key) AS changed
+        FROM pg_catalog.jsonb_each(i.n) AS e
+        WHERE e.value IS DISTINCT FROM i.o -> e.key
+    ) AS c
+    WHERE c.changed IS NOT NULL;
     RETURN NULL;
 END
 $$;
@@ -239,7 +272,8 @@ BEGIN
                               application_name, client_addr)
     VALUES ('data', 'TRUNCATE', TG_ARGV[3], TG_ARGV[4], ctx.user_id, ctx.client_ip,
             ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
-            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr());
+            NULLIF(pg_catalog.current_setting('application_name'), ''),
+            pg_catalog.inet_client_addr());
     RETURN NULL;
 END
 $$;
