@@ -349,6 +349,37 @@ def _audit_row_size(conn: psycopg.Connection[Any], n: int) -> dict[str, float]:
     return {"tuple": float(row[0]), "heap": row[1] / n, "indexes": row[2] / n}
 
 
+# -- server CPU per statement ---------------------------------------------------------------
+
+
+def _cpu(server: EmbeddedServer, dbname: str, sizes: Sizes,
+         statements: int) -> dict[tuple[str, str], list[float]]:
+    """Backend CPU microseconds per single-row statement, run in a loop inside one session.
+
+    CPU time as the kernel accounts it (``/proc/<pid>/schedstat``) is hardly disturbed by
+    other processes on the machine, unlike pgbench's wall-clock tps; it leaves out the round
+    trip and the commit, so it isolates what capture costs the server per statement.
+    """
+    samples: dict[tuple[str, str], list[float]] = {
+        (op, v): [] for op in OPERATIONS for v in VARIANTS}
+    with _connect(server.dsn(dbname)) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        schedstat = Path(f"/proc/{row[0]}/schedstat")
+        for round_number in range(sizes.rounds):
+            for op in OPERATIONS:
+                for variant in _rotated(VARIANTS, round_number):
+                    _reset(conn, variant, statements + 10)
+                    text = statement(SINGLE_ROW[op], variant, op).replace(":id", "i")
+                    loop = (f"DO $bench$ BEGIN FOR i IN 1..{statements} LOOP {text}; "
+                            "END LOOP; END $bench$")
+                    before = int(schedstat.read_text().split()[0])
+                    conn.execute(loop.encode())
+                    after = int(schedstat.read_text().split()[0])
+                    samples[op, variant].append((after - before) / statements / 1000)
+    return samples
+
+
 # -- WAL -------------------------------------------------------------------------------------
 
 
@@ -443,7 +474,7 @@ def _rows(kind: str, unit: str, samples: dict[tuple[str, str], list[float]],
             row: dict[str, Any] = {
                 "name": f"{kind} {op}, synchronous_commit={synchronous_commit}",
                 "variant": variant,
-                "metric": "tps" if higher_is_better else "seconds",
+                "metric": {"tps": "tps", "s": "seconds"}.get(unit, "CPU time"),
                 "value": round(value, 1 if higher_is_better else 4),
                 "unit": unit,
                 "baseline": "floor",
@@ -452,7 +483,7 @@ def _rows(kind: str, unit: str, samples: dict[tuple[str, str], list[float]],
                 "rounds": len(samples[op, variant]),
                 "samples": [round(s, 4) for s in samples[op, variant]],
             }
-            if variant == "audit_mw" and synchronous_commit == "off":
+            if variant == "audit_mw" and synchronous_commit == "off" and unit in ("tps", "s"):
                 if higher_is_better:
                     row["target"] = f">= {TARGET_SINGLE_ROW_TPS}"
                     row["target_met"] = row["ratio"] >= TARGET_SINGLE_ROW_TPS
@@ -464,7 +495,7 @@ def _rows(kind: str, unit: str, samples: dict[tuple[str, str], list[float]],
 
 
 def run(quick: bool = False, *, rounds: int | None = None,
-        seconds: int | None = None, parts: tuple[str, ...] = ("single", "bulk", "wal"),
+        seconds: int | None = None, parts: tuple[str, ...] = ("single", "bulk", "cpu", "wal"),
         synchronous_commit: tuple[str, ...] = ("off", "on")) -> list[dict[str, Any]]:
     """Measure capture cost; one dict per variant and workload (see the module docstring).
 
@@ -500,6 +531,9 @@ def run(quick: bool = False, *, rounds: int | None = None,
                 for metric, value in (("tuple (pg_column_size)", row_size["tuple"]),
                                       ("heap incl. TOAST", row_size["heap"]),
                                       ("indexes", row_size["indexes"]))]
+        if "cpu" in parts and Path("/proc/self/schedstat").exists():
+            cpu = _cpu(server, dbname, sizes, 50 if quick else 5000)
+            results += _rows("server CPU per single-row", "us/statement", cpu, "off")
         if "wal" in parts:
             by_relation: dict[str, float] = {}
             wal = _wal(server, dbname, sizes, by_relation)
@@ -534,7 +568,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--seconds", type=int)
-    parser.add_argument("--parts", default="single,bulk,wal")
+    parser.add_argument("--parts", default="single,bulk,cpu,wal")
     parser.add_argument("--sync", default="off,on", help="synchronous_commit values to run")
     args = parser.parse_args()
     results = run(args.quick, rounds=args.rounds, seconds=args.seconds,

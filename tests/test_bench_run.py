@@ -37,6 +37,7 @@ def test_quick_capture_run_writes_rows_json_and_markdown(tmp_path: Path) -> None
         assert isinstance(row["value"], int | float)
 
     timed = [r for r in rows if r["metric"] in ("tps", "seconds")]
+    assert len(timed) == 2 * 2 * len(capture.OPERATIONS) * len(capture.VARIANTS)
     names = {r["name"] for r in timed}
     for op in capture.OPERATIONS:
         for sync in ("off", "on"):
@@ -47,6 +48,9 @@ def test_quick_capture_run_writes_rows_json_and_markdown(tmp_path: Path) -> None
         assert set(variants) == set(capture.VARIANTS)
         assert variants["floor"]["ratio"] == 1.0  # the baseline of its own row group
         assert all(r["baseline"] == "floor" and r["value"] > 0 for r in variants.values())
+    cpu = [r for r in rows if r["name"].startswith("server CPU per single-row")]
+    assert {r["variant"] for r in cpu} == set(capture.VARIANTS)
+    assert all(r["unit"] == "us/statement" and r["value"] > 0 for r in cpu)
     wal = {r["variant"]: r for r in rows if r["name"] == "WAL per single-row UPDATE"}
     assert set(wal) == set(capture.VARIANTS)
     assert wal["none"]["ratio"] == 1.0
