@@ -541,10 +541,10 @@ def run(quick: bool = False, *, rounds: int | None = None,
             for variant in VARIANTS:
                 ratio = round(medians[variant] / medians["none"], 3)
                 row: dict[str, Any] = {
-                       "name": "WAL per single-row UPDATE", "variant": variant,
-                       "metric": "WAL bytes", "value": round(medians[variant]),
-                       "unit": "bytes/transaction", "baseline": "none",
-                       "ratio": ratio, "rounds": len(wal[variant])}
+                    "name": "WAL per single-row UPDATE", "variant": variant,
+                    "metric": "WAL bytes", "value": round(medians[variant]),
+                    "unit": "bytes/transaction", "baseline": "none",
+                    "ratio": ratio, "rounds": len(wal[variant])}
                 if variant == "audit_mw":
                     row["target"] = f"<= {TARGET_WAL_PER_UPDATE}"
                     row["target_met"] = ratio <= TARGET_WAL_PER_UPDATE
