@@ -86,66 +86,93 @@ CREATE TYPE audit.session_context AS (
 -- An empty string means absent. A malformed value never fails the business write: it is
 -- truncated or dropped, and the fact is recorded in context_issues.
 -- Not SECURITY DEFINER: it reads the caller's own settings; callers pin search_path.
+-- One expression without FROM, so that the planner inlines it into the caller: a SQL
+-- function it cannot inline runs through the function executor at about 10 us a call.
 CREATE FUNCTION audit.read_context() RETURNS audit.session_context
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT ROW(
-        pg_catalog.left(s.u, 256),
-        CASE WHEN s.ip IS NOT NULL AND pg_catalog.pg_input_is_valid(s.ip, 'inet')
-             THEN s.ip::inet END,
-        pg_catalog.left(s.rid, 128),
-        pg_catalog.left(s.ua, 512),
-        CASE WHEN s.ex IS NOT NULL AND pg_catalog.pg_input_is_valid(s.ex, 'jsonb')
-             THEN pg_catalog.left(s.ex, 4096)::jsonb END,
-        CASE WHEN pg_catalog.length(s.u) > 256
-                  OR (s.ip IS NOT NULL AND NOT pg_catalog.pg_input_is_valid(s.ip, 'inet'))
-                  OR pg_catalog.length(s.rid) > 128
-                  OR pg_catalog.length(s.ua) > 512
-                  OR (s.ex IS NOT NULL AND (NOT pg_catalog.pg_input_is_valid(s.ex, 'jsonb')
-                                            OR pg_catalog.length(s.ex) > 4096))
+        pg_catalog.left(NULLIF(pg_catalog.current_setting('audit.user_id', true), ''), 256),
+        CASE WHEN pg_catalog.pg_input_is_valid(
+                      NULLIF(pg_catalog.current_setting('audit.ip_address', true), ''), 'inet')
+             THEN pg_catalog.current_setting('audit.ip_address', true)::inet END,
+        pg_catalog.left(NULLIF(pg_catalog.current_setting('audit.request_id', true), ''), 128),
+        pg_catalog.left(NULLIF(pg_catalog.current_setting('audit.user_agent', true), ''), 512),
+        -- Too long is invalid too: JSON cut short would not be JSON.
+        CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.extra', true)) <= 4096
+                  AND pg_catalog.pg_input_is_valid(
+                      NULLIF(pg_catalog.current_setting('audit.extra', true), ''), 'jsonb')
+             THEN pg_catalog.current_setting('audit.extra', true)::jsonb END,
+        CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.user_id', true)) > 256
+                  OR NOT pg_catalog.pg_input_is_valid(
+                      COALESCE(NULLIF(pg_catalog.current_setting('audit.ip_address', true), ''),
+                               '0.0.0.0'), 'inet')
+                  OR pg_catalog.length(pg_catalog.current_setting('audit.request_id', true)) > 128
+                  OR pg_catalog.length(pg_catalog.current_setting('audit.user_agent', true)) > 512
+                  OR pg_catalog.length(pg_catalog.current_setting('audit.extra', true)) > 4096
+                  OR NOT pg_catalog.pg_input_is_valid(
+                      COALESCE(NULLIF(pg_catalog.current_setting('audit.extra', true), ''),
+                               '{}'), 'jsonb')
              THEN pg_catalog.array_remove(ARRAY[
-                 CASE WHEN pg_catalog.length(s.u) > 256 THEN 'user_id_truncated' END,
-                 CASE WHEN s.ip IS NOT NULL AND NOT pg_catalog.pg_input_is_valid(s.ip, 'inet')
-                      THEN 'client_ip_invalid' END,
-                 CASE WHEN pg_catalog.length(s.rid) > 128 THEN 'request_id_truncated' END,
-                 CASE WHEN pg_catalog.length(s.ua) > 512 THEN 'user_agent_truncated' END,
-                 CASE WHEN s.ex IS NOT NULL
-                           AND (NOT pg_catalog.pg_input_is_valid(s.ex, 'jsonb')
-                                OR pg_catalog.length(s.ex) > 4096)
-                      THEN 'extra_invalid' END
+                 CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.user_id', true))
+                           > 256 THEN 'user_id_truncated' END,
+                 CASE WHEN NOT pg_catalog.pg_input_is_valid(COALESCE(NULLIF(
+                               pg_catalog.current_setting('audit.ip_address', true), ''),
+                               '0.0.0.0'), 'inet') THEN 'client_ip_invalid' END,
+                 CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.request_id', true))
+                           > 128 THEN 'request_id_truncated' END,
+                 CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.user_agent', true))
+                           > 512 THEN 'user_agent_truncated' END,
+                 CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.extra', true))
+                           > 4096 OR NOT pg_catalog.pg_input_is_valid(COALESCE(NULLIF(
+                               pg_catalog.current_setting('audit.extra', true), ''), '{}'),
+                               'jsonb') THEN 'extra_invalid' END
              ], NULL) END
     )::audit.session_context
-    FROM (SELECT
-        NULLIF(pg_catalog.current_setting('audit.user_id', true), '') AS u,
-        NULLIF(pg_catalog.current_setting('audit.ip_address', true), '') AS ip,
-        NULLIF(pg_catalog.current_setting('audit.request_id', true), '') AS rid,
-        NULLIF(pg_catalog.current_setting('audit.user_agent', true), '') AS ua,
-        NULLIF(pg_catalog.current_setting('audit.extra', true), '') AS ex
-    ) AS s
 $$;
 
 -- The primary key of a row, from its jsonb image: the value as text for one key column,
 -- a JSON array for a composite key, NULL for a table tracked without a key.
+-- The capture functions compute the one-column case inline and call this for the others.
 CREATE FUNCTION audit.record_key(row_image jsonb, key_columns text[]) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE pg_catalog.cardinality(key_columns)
-        WHEN 0 THEN NULL
-        WHEN 1 THEN row_image ->> key_columns[1]
-        ELSE (SELECT pg_catalog.jsonb_agg(row_image -> k ORDER BY n)
-              FROM pg_catalog.unnest(key_columns) WITH ORDINALITY AS u(k, n))::text
-    END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    k      text;
+    result jsonb := '[]';
+BEGIN
+    CASE pg_catalog.cardinality(key_columns)
+    WHEN 0 THEN
+        RETURN NULL;
+    WHEN 1 THEN
+        RETURN row_image ->> key_columns[1];
+    ELSE
+        FOREACH k IN ARRAY key_columns LOOP
+            -- Wrapped in an array, so that a value that is itself an array stays one element.
+            result := result || pg_catalog.jsonb_build_array(row_image -> k);
+        END LOOP;
+        RETURN result::text;
+    END CASE;
+END
 $$;
 
 -- Masked columns keep the fact of a value but not the value: '[masked]', or null for null.
+-- The capture functions skip the call when a table has no masked column.
 CREATE FUNCTION audit.mask(row_image jsonb, masked text[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN row_image IS NULL OR pg_catalog.cardinality(masked) = 0 THEN row_image
-    ELSE row_image || COALESCE((
-        SELECT pg_catalog.jsonb_object_agg(k,
-            CASE WHEN pg_catalog.jsonb_typeof(row_image -> k) = 'null' THEN 'null'::jsonb
-                 ELSE '"[masked]"'::jsonb END)
-        FROM pg_catalog.unnest(masked) AS k
-        WHERE row_image ? k), '{}'::jsonb)
-    END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    k text;
+BEGIN
+    IF row_image IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOREACH k IN ARRAY masked LOOP
+        IF row_image ? k THEN
+            row_image := pg_catalog.jsonb_set(row_image, ARRAY[k],
+                CASE WHEN pg_catalog.jsonb_typeof(row_image -> k) = 'null' THEN 'null'::jsonb
+                     ELSE '"[masked]"'::jsonb END);
+        END IF;
+    END LOOP;
+    RETURN row_image;
+END
 $$;
 
 -- Row-change capture. One function per operation serves every tracked table; the trigger's
@@ -156,6 +183,12 @@ $$;
 --   partitioned table fires on the partition; the trail names the table that was tracked)
 -- INSERT and DELETE are statement-level (transition tables); UPDATE is row-level so that
 -- the old and new image of each row are paired exactly, even when the key changes.
+--
+-- Cost matters here (see docs/benchmarks.md): every audited write pays it. So the common
+-- cases are computed inline (one key column: a `->>`; no masked column: no call at all),
+-- the context is read once per statement for INSERT and DELETE, each row image is converted
+-- to jsonb once (OFFSET 0 keeps the planner from copying to_jsonb() into every reference),
+-- and an UPDATE runs two small statements (its changed fields, then a one-row INSERT).
 
 CREATE FUNCTION audit.capture_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -169,10 +202,12 @@ BEGIN
                               app_user_id, client_ip, request_id, user_agent, context_extra,
                               context_issues, application_name, client_addr)
     SELECT 'data', 'INSERT', TG_ARGV[3], TG_ARGV[4],
-           audit.record_key(r.j, key_columns), audit.mask(r.j - excluded, masked),
+           CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN r.j ->> key_columns[1]
+                ELSE audit.record_key(r.j, key_columns) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr()
-    FROM (SELECT pg_catalog.to_jsonb(n) AS j FROM new_rows AS n) AS r;
+    FROM (SELECT pg_catalog.to_jsonb(n) - excluded AS j FROM new_rows AS n OFFSET 0) AS r;
     RETURN NULL;
 END
 $$;
@@ -189,10 +224,12 @@ BEGIN
                               app_user_id, client_ip, request_id, user_agent, context_extra,
                               context_issues, application_name, client_addr)
     SELECT 'data', 'DELETE', TG_ARGV[3], TG_ARGV[4],
-           audit.record_key(r.j, key_columns), audit.mask(r.j - excluded, masked),
+           CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN r.j ->> key_columns[1]
+                ELSE audit.record_key(r.j, key_columns) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr()
-    FROM (SELECT pg_catalog.to_jsonb(o) AS j FROM old_rows AS o) AS r;
+    FROM (SELECT pg_catalog.to_jsonb(o) - excluded AS j FROM old_rows AS o OFFSET 0) AS r;
     RETURN NULL;
 END
 $$;
@@ -205,26 +242,30 @@ DECLARE
     masked      text[] := TG_ARGV[2]::text[];
     old_image   jsonb := pg_catalog.to_jsonb(OLD) - excluded;
     new_image   jsonb := pg_catalog.to_jsonb(NEW) - excluded;
+    ctx         audit.session_context := audit.read_context();
     changed     text[];
-    ctx         audit.session_context;
 BEGIN
-    -- A change to excluded columns only is no change at all, as far as the trail goes.
-    IF old_image = new_image THEN
+    -- No changed field (a change to excluded columns only) means no audit row at all.
+    changed := ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(new_image) AS e
+                     WHERE e.value IS DISTINCT FROM old_image -> e.key ORDER BY e.key);
+    IF changed = '{}' THEN
         RETURN NULL;
     END IF;
-    SELECT pg_catalog.array_agg(k.key ORDER BY k.key) INTO changed
-    FROM pg_catalog.jsonb_each(new_image) AS k
-    WHERE k.value IS DISTINCT FROM old_image -> k.key;
-    ctx := audit.read_context();
     INSERT INTO audit.events (kind, action, schema_name, table_name, record_id, old_values,
                               new_values, changed_fields, app_user_id, client_ip, request_id,
                               user_agent, context_extra, context_issues, application_name,
                               client_addr)
     VALUES ('data', 'UPDATE', TG_ARGV[3], TG_ARGV[4],
-            audit.record_key(new_image, key_columns),
-            audit.mask(old_image, masked), audit.mask(new_image, masked), changed,
-            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
-            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr());
+           CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN new_image ->> key_columns[1]
+                ELSE audit.record_key(new_image, key_columns) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN old_image
+                ELSE audit.mask(old_image, masked) END,
+           CASE WHEN pg_catalog.cardinality(masked) = 0 THEN new_image
+                ELSE audit.mask(new_image, masked) END,
+           changed,
+           ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
+           NULLIF(pg_catalog.current_setting('application_name'), ''),
+           pg_catalog.inet_client_addr());
     RETURN NULL;
 END
 $$;
@@ -239,7 +280,8 @@ BEGIN
                               application_name, client_addr)
     VALUES ('data', 'TRUNCATE', TG_ARGV[3], TG_ARGV[4], ctx.user_id, ctx.client_ip,
             ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
-            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr());
+            NULLIF(pg_catalog.current_setting('application_name'), ''),
+            pg_catalog.inet_client_addr());
     RETURN NULL;
 END
 $$;

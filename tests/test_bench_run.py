@@ -1,0 +1,87 @@
+"""The benchmark scripts run: the capture part in quick mode, through the entry point.
+
+Nothing here asserts speed; the quick sizes are too small to mean anything. What is checked
+is that every variant and workload produced a row of the documented shape, and that the
+entry point writes its JSON and its markdown table between the markers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bench import capture, run
+
+pytestmark = pytest.mark.db
+
+
+@pytest.mark.slow
+def test_quick_capture_run_writes_rows_json_and_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n\nprose before\n\n"
+                   f"{run.BEGIN_MARKER}\nold table\n{run.END_MARKER}\n\nprose after\n")
+    json_path = tmp_path / "results.json"
+
+    assert run.main(["--quick", "--only", "capture", "--out", str(out),
+                     "--json", str(json_path)]) == 0
+
+    document = json.loads(json_path.read_text())
+    assert document["quick"] is True
+    assert document["environment"]["postgresql"].startswith("postgres")
+    assert document["environment"]["machine"]["cpus"] >= 1
+    rows = document["results"]
+    assert {r["part"] for r in rows} == {"capture"}
+    for row in rows:
+        assert {"name", "variant", "metric", "value", "unit"} <= row.keys()
+        assert isinstance(row["value"], int | float)
+
+    timed = [r for r in rows if r["metric"] in ("tps", "seconds")]
+    assert len(timed) == 2 * 2 * len(capture.OPERATIONS) * len(capture.VARIANTS)
+    names = {r["name"] for r in timed}
+    for op in capture.OPERATIONS:
+        for sync in ("off", "on"):
+            assert f"single-row {op}, synchronous_commit={sync}" in names
+            assert f"{capture.QUICK.bulk_rows}-row {op}, synchronous_commit={sync}" in names
+    for name in names:
+        variants = {r["variant"]: r for r in timed if r["name"] == name}
+        assert set(variants) == set(capture.VARIANTS)
+        assert variants["floor"]["ratio"] == 1.0  # the baseline of its own row group
+        assert all(r["baseline"] == "floor" and r["value"] > 0 for r in variants.values())
+    cpu = [r for r in rows if r["name"].startswith("server CPU per single-row")]
+    assert {r["variant"] for r in cpu} == set(capture.VARIANTS)
+    assert all(r["unit"] == "us/statement" and r["value"] > 0 for r in cpu)
+    wal = {r["variant"]: r for r in rows if r["name"] == "WAL per single-row UPDATE"}
+    assert set(wal) == set(capture.VARIANTS)
+    assert wal["none"]["ratio"] == 1.0
+    assert "target_met" in wal["audit_mw"]
+
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nprose before\n")
+    assert text.endswith("\n\nprose after\n")
+    assert "old table" not in text
+    assert "### capture" in text
+    assert "| name | variant | metric | value | unit |" in text
+
+
+def test_missing_parts_are_skipped_and_unknown_parts_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run.load_part("no_such_part") is None
+    assert run.run_parts(["no_such_part"], quick=True) == ([], {"no_such_part": "not present"})
+    assert "skipped" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run.main(["--quick", "--only", "capture,bogus"])
+    assert "unknown part" in capsys.readouterr().err
+
+
+def test_markers_are_appended_to_a_document_without_them(tmp_path: Path) -> None:
+    out = tmp_path / "doc.md"
+    out.write_text("# Title\n\nintro\n")
+    run.write_markdown(out, "| a |\n")
+    run.write_markdown(out, "| b |\n")
+    text = out.read_text()
+    assert text.startswith("# Title\n\nintro\n\n")
+    assert text.count(run.BEGIN_MARKER) == 1
+    assert "| b |" in text
+    assert "| a |" not in text
