@@ -1,0 +1,1 @@
+-- audit_mw 0005: reserved for verification runs (added on another branch).
