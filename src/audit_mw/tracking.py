@@ -22,12 +22,15 @@ from psycopg.rows import dict_row
 
 from audit_mw import _sql
 from audit_mw.errors import SchemaError, TrackingError
+from audit_mw.partitions import partition_guard_problems
 from audit_mw.schema import installed_version, pinned_search_path
 
 __all__ = ["TableStatus", "TrackedTable", "status", "track", "untrack"]
 
 TRIGGER_NAMES = ("audit_mw_delete", "audit_mw_insert", "audit_mw_truncate", "audit_mw_update")
 GUARD_TRIGGERS = ("events_append_only", "events_no_truncate")
+#: The schema version from which audit.events is partitioned (each partition has guards).
+PARTITIONED_SINCE = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,8 @@ def status(conn: psycopg.Connection[Any]) -> Status:
                 problems.append(f"append-only guard {name} on audit.events is missing")
             elif guards[name] == "D":
                 problems.append(f"append-only guard {name} on audit.events is disabled")
+        if version >= PARTITIONED_SINCE:
+            problems += partition_guard_problems(cur)
         cur.execute(_sql.query("track", "tracked_tables"))
         for tracked in cur.fetchall():
             tables.append(_table_status(cur, tracked))

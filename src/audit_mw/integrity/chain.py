@@ -65,7 +65,9 @@ class VerifyResult:
 
     ``valid`` is true only when every entry and checkpoint checked out. ``anchored`` says
     whether an external checkpoint copy vouched for the chain: without one, a truncated tail
-    or a restored older backup cannot be seen, and the result says so.
+    or a restored older backup cannot be seen, and the result says so. ``retention_cut``
+    describes the retention checkpoint verification started after, when old partitions were
+    dropped by policy (see :mod:`audit_mw.integrity.retention`): a cut, not a break.
     """
 
     valid: bool
@@ -81,6 +83,7 @@ class VerifyResult:
     chain_id: str | None
     anchored_position: int | None = None
     warnings: tuple[str, ...] = field(default=())
+    retention_cut: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -103,7 +106,7 @@ class VerifyResult:
             "checked": self.checked, "unsealed": self.unsealed,
             "checkpoints": self.checkpoints, "head_position": self.head_position,
             "anchored_position": self.anchored_position, "chain_id": self.chain_id,
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "retention_cut": self.retention_cut,
         }
 
 
@@ -172,7 +175,12 @@ class Verifier:
             if problem is None and cp.seq != expected_seq:
                 problem = ("bad_checkpoint",
                            f"checkpoint {expected_seq} is missing (next is {cp.seq})")
-            if problem is None and (cp.count <= 0 or cp.position != prev_pos + cp.count):
+            # After a retention cut, the first checkpoint may have begun before the cut.
+            straddles = (start is not None and prev_pos == self.start_position
+                         and cp.count > 0 and cp.position > prev_pos
+                         and cp.position - cp.count < prev_pos)
+            if problem is None and not straddles and (
+                    cp.count <= 0 or cp.position != prev_pos + cp.count):
                 problem = ("bad_checkpoint",
                            f"checkpoint {cp.seq}: position {cp.position} and count {cp.count} "
                            f"do not follow position {prev_pos}")

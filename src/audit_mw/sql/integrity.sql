@@ -228,3 +228,21 @@ WHERE (e.txid, e.id) <= (%(txid)s::xid8, %(id)s)
   AND NOT EXISTS (SELECT 1 FROM audit.chain AS c WHERE c.event_id = e.id)
 ORDER BY e.txid, e.id
 LIMIT 1;
+
+-- name: retention_tables
+-- Whether retention checkpoints exist here (they arrive with migration 0006).
+SELECT pg_catalog.to_regclass('audit.retention_checkpoints') IS NOT NULL AS present;
+
+-- name: retention_checkpoints
+-- Every retention checkpoint, timestamps as the canonical text the MAC covers.
+SELECT seq, chain_id::text AS chain_id, partition_name,
+       pg_catalog.to_char(range_from AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           AS range_from,
+       pg_catalog.to_char(range_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           AS range_to,
+       row_count, position, head_hash, last_event_id, seal_seq, kept_before_cut, policy,
+       pg_catalog.to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           AS created_at,
+       key_id, mac, sig_key_id, signature
+FROM audit.retention_checkpoints
+ORDER BY seq;
