@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.rows import dict_row
 
 from audit_mw import _sql
@@ -25,9 +26,12 @@ __all__ = [
     "PartitionInfo",
     "create_partition",
     "ensure_partitions",
+    "ensure_partitions_quietly",
     "list_partitions",
     "partition_guard_problems",
 ]
+
+_LOG = structlog.get_logger("audit_mw.partitions")
 
 #: Months created ahead of the current one by default.
 MONTHS_AHEAD = 3
@@ -71,6 +75,20 @@ def ensure_partitions(
         by_outcome[str(row["outcome"])].append(str(row["partition_name"]))
     return EnsureResult(tuple(by_outcome["created"]), tuple(by_outcome["rows_in_default"]),
                         tuple(by_outcome["overlaps"]))
+
+
+def ensure_partitions_quietly(conn: psycopg.Connection[Any]) -> EnsureResult | None:
+    """:func:`ensure_partitions` for jobs that run often (``audit-mw seal``): a role that may
+    not create partitions gets a structured warning instead of a failure."""
+    try:
+        result = ensure_partitions(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        _LOG.warning("audit_partitions_not_ensured",
+                     reason="this role may not run audit.ensure_partitions()")
+        return None
+    if result.rows_in_default:
+        _LOG.warning("audit_partitions_rows_in_default", months=list(result.rows_in_default))
+    return result
 
 
 def create_partition(

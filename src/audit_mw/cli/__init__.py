@@ -15,6 +15,7 @@ from audit_mw.cli import (
     _admin_cmds,
     _events_cmds,
     _integrity_cmds,
+    _retention_cmds,
     _schema_cmds,
     _server_cmds,
 )
@@ -23,7 +24,8 @@ from audit_mw.errors import AuditError
 __all__ = ["main"]
 
 # Each module exposes register(subparsers); order is the order of `audit-mw --help`.
-COMMAND_MODULES = (_schema_cmds, _server_cmds, _events_cmds, _integrity_cmds, _admin_cmds)
+COMMAND_MODULES = (_schema_cmds, _server_cmds, _events_cmds, _integrity_cmds, _admin_cmds,
+                   _retention_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from audit_mw.integrity.checkpoints import JsonlSink, StructlogSink
 from audit_mw.integrity.keys import KeyRing, generate_hmac_key, generate_signing_key
 from audit_mw.integrity.seal import seal
 from audit_mw.integrity.verify import verify
+from audit_mw.partitions import ensure_partitions_quietly
 
 
 def register(commands: Any) -> None:
@@ -69,6 +70,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
               "and the log only", file=sys.stderr)
     with connect(args) as conn:
         result = seal(conn, keys, sinks=sinks, batch_size=args.batch_size)
+        ensure_partitions_quietly(conn)
     if result.busy:
         print("another sealer is running; nothing done")
         return 0

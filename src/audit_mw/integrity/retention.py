@@ -1,21 +1,23 @@
-"""Retention checkpoints: where verification continues after old partitions were dropped.
+"""Retention checkpoints: what retention dropped, so that verification continues across it.
 
 When retention drops a partition of ``audit.events``, the chain entries of its events can no
-longer be recomputed. Before the drop, a retention checkpoint records what left and where the
-chain stood: the partition and its range, how many events it held, the chain position that
-verification continues after (``position``, the last position of any dropped event), the
-entry hash there (``head``), and ``seal_seq``, the last seal checkpoint at or before that
-position. It is authenticated like the seal checkpoints (HMAC-SHA256 with a key from the
+longer be recomputed. Before the drop, a retention checkpoint records what left: the
+partition and its range, how many events it held, the exact chain positions of those events
+(``positions``, a PostgreSQL ``int8multirange`` in its canonical text, e.g.
+``{[1,21),[41,61)}``), the last of them (``position``) and the chain's entry hash there
+(``head``). It is authenticated like the seal checkpoints (HMAC-SHA256 with a key from the
 environment, optionally Ed25519-signed), over::
 
     "audit_mw retention checkpoint v1", chain_id (or NULL), seq, partition, range_from (or
-    NULL), range_to, row_count, position, head (hex), last_event_id (or NULL), seal_seq,
-    kept_before_cut, policy, created_at, key_id
+    NULL), range_to, row_count, positions, position, head (hex), last_event_id (or NULL),
+    policy, created_at, key_id
 
-so nobody without the key can declare a range "dropped by policy" to hide a deletion. Events
-of kept partitions that were sealed before the cut (``kept_before_cut``: a transaction that
-straddled a month boundary, or rows written with an older time) stay in the database but lie
-before where verification starts; the count says how many.
+The verifier then walks the whole chain as before. At a position the checkpoint lists, a
+missing event is expected: the walk takes the entry hash stored in ``audit.chain`` as the
+link and goes on, so every event still present (a held partition older than a dropped one
+included) is recomputed and every seal checkpoint is still reached. A missing event at any
+other position is still ``missing``; nobody without the key can declare a range "dropped by
+policy" to hide a deletion.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,18 +33,31 @@ from typing import Any
 
 from audit_mw.errors import IntegrityError
 from audit_mw.integrity.canonical import encode_fields
-from audit_mw.integrity.checkpoints import Checkpoint
 from audit_mw.integrity.keys import KeyRing
 
 __all__ = [
+    "Retained",
     "RetentionCheckpoint",
     "RetentionSink",
-    "latest_retention_cut",
+    "parse_multirange",
     "read_retention_file",
+    "retained_positions",
     "retention_file_for",
 ]
 
 _TAG = "audit_mw retention checkpoint v1"
+_RANGE = re.compile(r"\[(-?\d+),(-?\d+)\)")
+
+
+def parse_multirange(text: str) -> list[tuple[int, int]]:
+    """``{[1,21),[41,61)}`` as half-open ``(lower, upper)`` pairs, in order."""
+    body = text.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise ValueError(f"not a multirange: {text!r}")
+    pairs = [(int(a), int(b)) for a, b in _RANGE.findall(body)]
+    if body != "{" + ",".join(f"[{a},{b})" for a, b in pairs) + "}":
+        raise ValueError(f"not a canonical int8multirange: {text!r}")
+    return pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +70,10 @@ class RetentionCheckpoint:
     range_from: str | None
     range_to: str
     row_count: int
+    positions: str
     position: int
     head: bytes
     last_event_id: int | None
-    seal_seq: int
-    kept_before_cut: int
     policy: str
     created_at: str
     key_id: str
@@ -70,10 +85,9 @@ class RetentionCheckpoint:
         """The bytes the MAC and the signature cover."""
         return encode_fields([
             _TAG, self.chain_id, str(self.seq), self.partition, self.range_from, self.range_to,
-            str(self.row_count), str(self.position), self.head.hex(),
-            None if self.last_event_id is None else str(self.last_event_id),
-            str(self.seal_seq), str(self.kept_before_cut), self.policy, self.created_at,
-            self.key_id,
+            str(self.row_count), self.positions, str(self.position), self.head.hex(),
+            None if self.last_event_id is None else str(self.last_event_id), self.policy,
+            self.created_at, self.key_id,
         ])
 
     def authenticated(self, keys: KeyRing) -> RetentionCheckpoint:
@@ -104,20 +118,12 @@ class RetentionCheckpoint:
                 return f"retention checkpoint {self.seq}: signature is invalid or its key unknown"
         return None
 
-    def as_start(self) -> Checkpoint:
-        """The trusted point the chain verifier begins after (see ``Verifier(start=)``)."""
-        return Checkpoint(
-            seq=self.seal_seq, chain_id=self.chain_id or "", position=self.position, count=0,
-            head=self.head, last_event_id=self.last_event_id, created_at=self.created_at,
-            key_id=self.key_id)
-
     def summary(self) -> dict[str, Any]:
-        """What a verification result reports about the cut."""
+        """What a verification result reports about this drop."""
         return {
             "seq": self.seq, "partition": self.partition, "range_from": self.range_from,
             "range_to": self.range_to, "row_count": self.row_count, "position": self.position,
             "policy": self.policy, "created_at": self.created_at,
-            "kept_before_cut": self.kept_before_cut,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -125,9 +131,9 @@ class RetentionCheckpoint:
         return {
             "v": 1, "type": "retention", "seq": self.seq, "chain_id": self.chain_id,
             "partition": self.partition, "range_from": self.range_from,
-            "range_to": self.range_to, "row_count": self.row_count, "position": self.position,
+            "range_to": self.range_to, "row_count": self.row_count,
+            "positions": self.positions, "position": self.position,
             "head": self.head.hex(), "last_event_id": self.last_event_id,
-            "seal_seq": self.seal_seq, "kept_before_cut": self.kept_before_cut,
             "policy": self.policy, "created_at": self.created_at, "key_id": self.key_id,
             "mac": self.mac.hex(), "sig_key_id": self.sig_key_id,
             "signature": None if self.signature is None else self.signature.hex(),
@@ -145,10 +151,10 @@ class RetentionCheckpoint:
                 partition=str(obj["partition"]),
                 range_from=None if obj["range_from"] is None else str(obj["range_from"]),
                 range_to=str(obj["range_to"]), row_count=int(obj["row_count"]),
+                positions=str(obj["positions"]),
                 position=int(obj["position"]), head=bytes.fromhex(obj["head"]),
                 last_event_id=None if obj["last_event_id"] is None
                 else int(obj["last_event_id"]),
-                seal_seq=int(obj["seal_seq"]), kept_before_cut=int(obj["kept_before_cut"]),
                 policy=str(obj["policy"]), created_at=str(obj["created_at"]),
                 key_id=str(obj["key_id"]), mac=bytes.fromhex(obj["mac"]),
                 sig_key_id=None if obj.get("sig_key_id") is None else str(obj["sig_key_id"]),
@@ -203,22 +209,61 @@ def read_retention_file(path: str | os.PathLike[str]) -> list[RetentionCheckpoin
     return found
 
 
-def latest_retention_cut(
-    records: Sequence[RetentionCheckpoint], keys: KeyRing, chain_id: str | None
-) -> tuple[RetentionCheckpoint | None, str | None]:
-    """The authentic record verification starts after (the furthest cut), or the problem.
+@dataclass(frozen=True, slots=True)
+class Retained:
+    """Every chain position retention dropped (merged, half-open, in order), the entry hash
+    each checkpoint recorded at its last position, and the checkpoints themselves."""
 
-    Every record must authenticate and belong to ``chain_id``: a record that does not is
-    reported (a forged "dropped by policy" is tampering), never skipped.
+    ranges: tuple[tuple[int, int], ...]
+    heads: dict[int, bytes]
+    checkpoints: tuple[RetentionCheckpoint, ...]
+
+    def summary(self, bridged: int) -> dict[str, Any]:
+        """What a verification result reports: the drops, and how many entries were gone."""
+        latest = max(self.checkpoints, key=lambda c: c.seq)
+        return {
+            "checkpoints": len(self.checkpoints),
+            "dropped_events": sum(c.row_count for c in self.checkpoints),
+            "bridged_entries": bridged,
+            "partitions": [c.partition for c in sorted(self.checkpoints, key=lambda c: c.seq)],
+            "latest": latest.summary(),
+        }
+
+
+def retained_positions(
+    records: Sequence[RetentionCheckpoint], keys: KeyRing, chain_id: str | None
+) -> tuple[Retained | None, tuple[int, str] | None]:
+    """The positions the verifier may find gone, or ``(position, problem)`` when a record
+    does not authenticate or belongs to another chain: a forged "dropped by policy" is
+    tampering, never skipped. Records from the database and the retention file may repeat.
     """
-    best: RetentionCheckpoint | None = None
+    unique: dict[int, RetentionCheckpoint] = {}
+    pairs: list[tuple[int, int]] = []
     for record in records:
+        try:
+            ranges = parse_multirange(record.positions)
+        except ValueError as exc:
+            return None, (1, f"retention checkpoint {record.seq}: {exc}")
+        first = ranges[0][0] if ranges else 1
         problem = record.problem(keys)
         if problem is None and record.chain_id is not None and record.chain_id != chain_id:
             problem = (f"retention checkpoint {record.seq} belongs to chain {record.chain_id}, "
                        f"the database holds {chain_id or 'no chain'}")
+        seen = unique.get(record.seq)
+        if problem is None and seen is not None and seen != record:
+            problem = (f"retention checkpoint {record.seq} differs between the database and "
+                       "the retention file")
         if problem is not None:
-            return None, problem
-        if best is None or (record.position, record.seq) > (best.position, best.seq):
-            best = record
-    return best, None
+            return None, (first, problem)
+        unique[record.seq] = record
+        pairs.extend(ranges)
+    if not unique:
+        return None, None
+    merged: list[tuple[int, int]] = []
+    for lower, upper in sorted(pairs):
+        if merged and lower <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], upper))
+        else:
+            merged.append((lower, upper))
+    heads = {c.position: c.head for c in unique.values() if c.position > 0}
+    return Retained(tuple(merged), heads, tuple(unique.values())), None

@@ -24,9 +24,10 @@ from audit_mw.integrity.chain import Finding, Verifier, VerifyResult
 from audit_mw.integrity.checkpoints import Checkpoint, read_checkpoint_file
 from audit_mw.integrity.keys import KeyRing
 from audit_mw.integrity.retention import (
+    Retained,
     RetentionCheckpoint,
-    latest_retention_cut,
     read_retention_file,
+    retained_positions,
     retention_file_for,
 )
 from audit_mw.integrity.seal import (
@@ -58,25 +59,24 @@ def verify(
     ``keys`` defaults to :meth:`KeyRing.from_env` and must hold an HMAC key or an Ed25519
     public key; every checkpoint is checked with them. ``checkpoint_file`` (or ``anchors``)
     are checkpoint copies kept outside the database. ``start`` is a trusted checkpoint to
-    begin after instead of the genesis; without it, verification begins after the newest
-    retention checkpoint (old partitions dropped by policy), from the database and from
-    ``retention_file`` (default: the checkpoint file's ``.retention`` sibling), and the
-    result's ``retention_cut`` describes it. Raises :class:`~audit_mw.errors.IntegrityError` or
-    :class:`~audit_mw.errors.ConfigurationError` when verification cannot run; a broken
-    chain is a result (``valid`` false), not an exception.
+    begin after instead of the genesis. Partitions dropped by retention are known from the
+    retention checkpoints in the database and in ``retention_file`` (default: the checkpoint
+    file's ``.retention`` sibling): their events may be gone, every other entry is checked,
+    and the result's ``retention_cut`` describes the drops. Raises
+    :class:`~audit_mw.errors.IntegrityError` or :class:`~audit_mw.errors.ConfigurationError`
+    when verification cannot run; a broken chain is a result (``valid`` false), not an
+    exception.
     """
     keys = KeyRing.from_env() if keys is None else keys
     if not keys.hmac_keys and not keys.public_keys:
         raise ConfigurationError(
             "no verification key: set AUDIT_HMAC_KEY (and AUDIT_HMAC_KEYS for older keys) "
             "or AUDIT_VERIFY_KEYS (Ed25519 public keys)")
-    outside: list[RetentionCheckpoint] = []
     if checkpoint_file is not None:
         anchors = [*(anchors or ()), *read_checkpoint_file(checkpoint_file)]
         if retention_file is None:
             retention_file = retention_file_for(checkpoint_file)
-    if retention_file is not None:
-        outside = read_retention_file(retention_file)
+    outside = read_retention_file(retention_file) if retention_file is not None else []
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise IntegrityError("verify needs a connection that is not inside a transaction")
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
@@ -91,17 +91,14 @@ def verify(
         checkpoints = _checkpoints(cur, "checkpoints")
         cur.execute(_sql.query("integrity", "chain_head"))
         head = cur.fetchone()
-        cut: RetentionCheckpoint | None = None
-        cut_problem: str | None = None
-        if start is None:
-            cut, cut_problem = latest_retention_cut(
-                [*_retention_checkpoints(cur), *outside], keys, chain_id)
-            if cut is not None and cut.position > 0:
-                start = cut.as_start()
+        retained, cut_problem = retained_positions(
+            [*_retention_checkpoints(cur), *outside], keys, chain_id)
         verifier = Verifier(chain_id=chain_id, checkpoints=checkpoints, keys=keys,
-                            anchors=anchors, start=start)
+                            anchors=anchors, start=start,
+                            retained=retained.ranges if retained else (),
+                            retained_heads=retained.heads if retained else None)
         if cut_problem is not None:
-            verifier.add(Finding("bad_checkpoint", 1, None, cut_problem))
+            verifier.add(Finding("bad_checkpoint", cut_problem[0], None, cut_problem[1]))
         complete = _walk(conn, verifier, start, head["position"] if head else 0, progress)
         if verifier.mismatch is not None:
             _classify_mismatch(cur, verifier)
@@ -120,14 +117,19 @@ def verify(
             found = cur.fetchone()
             if found is not None:
                 result = replace(result, first_bad_id=int(found["event_id"]))
-    if cut is not None:
-        detail = result.detail
-        if result.valid:
-            detail += (f"; verification starts after the retention cut at position "
-                       f"{cut.position} (partition {cut.partition} dropped under policy "
-                       f"{cut.policy})")
-        result = replace(result, retention_cut=cut.summary(), detail=detail)
-    return result
+    return _with_cut(result, retained, verifier.bridged)
+
+
+def _with_cut(result: VerifyResult, retained: Retained | None, bridged: int) -> VerifyResult:
+    if retained is None:
+        return result
+    summary = retained.summary(bridged)
+    detail = result.detail
+    if result.valid:
+        detail += (f"; {bridged} entries of {summary['checkpoints']} partition(s) dropped by "
+                   f"retention (policy {summary['latest']['policy']}) were linked over, "
+                   "not recomputed")
+    return replace(result, retention_cut=summary, detail=detail)
 
 
 def _retention_checkpoints(cur: psycopg.Cursor[dict[str, Any]]) -> list[RetentionCheckpoint]:
@@ -145,9 +147,9 @@ def retention_from_row(row: dict[str, Any]) -> RetentionCheckpoint:
         seq=int(row["seq"]), chain_id=None if row["chain_id"] is None else str(row["chain_id"]),
         partition=str(row["partition_name"]), range_from=row["range_from"],
         range_to=str(row["range_to"]), row_count=int(row["row_count"]),
-        position=int(row["position"]), head=bytes(row["head_hash"]),
+        positions=str(row["positions"]), position=int(row["position"]),
+        head=bytes(row["head_hash"]),
         last_event_id=None if row["last_event_id"] is None else int(row["last_event_id"]),
-        seal_seq=int(row["seal_seq"]), kept_before_cut=int(row["kept_before_cut"]),
         policy=str(row["policy"]), created_at=str(row["created_at"]),
         key_id=str(row["key_id"]), mac=bytes(row["mac"]), sig_key_id=row["sig_key_id"],
         signature=None if row["signature"] is None else bytes(row["signature"]),

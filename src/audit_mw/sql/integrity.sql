@@ -240,7 +240,7 @@ SELECT seq, chain_id::text AS chain_id, partition_name,
            AS range_from,
        pg_catalog.to_char(range_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
            AS range_to,
-       row_count, position, head_hash, last_event_id, seal_seq, kept_before_cut, policy,
+       row_count, positions::text AS positions, position, head_hash, last_event_id, policy,
        pg_catalog.to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
            AS created_at,
        key_id, mac, sig_key_id, signature

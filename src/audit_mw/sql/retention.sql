@@ -29,10 +29,14 @@ WHERE t.oid IS NULL OR t.tgenabled = 'D'
 ORDER BY 1, 2;
 
 -- name: partition_stats
--- What retention needs to know of one partition: its rows, how many are not sealed, and
--- the last chain position among its sealed rows.
+-- What retention needs to know of one partition: its rows, how many are not sealed, the
+-- chain positions of the sealed ones (canonical int8multirange text) and the last of them.
+-- Filled in with .format(partition=...): literal braces are doubled.
 SELECT pg_catalog.count(*) AS row_count,
        pg_catalog.count(*) FILTER (WHERE c.position IS NULL) AS unsealed,
+       COALESCE(pg_catalog.range_agg(pg_catalog.int8range(c.position, c.position, '[]'))
+                    FILTER (WHERE c.position IS NOT NULL),
+                '{{}}'::int8multirange)::text AS positions,
        pg_catalog.max(c.position) AS last_position
 FROM {partition} AS e
 LEFT JOIN audit.chain AS c ON c.event_id = e.id;
@@ -50,34 +54,16 @@ SELECT c.chain_id::text AS chain_id,
 FROM audit.chains AS c
 LEFT JOIN audit.chain AS h ON h.position = %(position)s;
 
--- name: seal_seq_at
--- The last seal checkpoint at or before a chain position.
-SELECT COALESCE(pg_catalog.max(seq), 0) AS seq
-FROM audit.checkpoints WHERE position <= %(position)s;
-
--- name: kept_before_cut
--- Events of other partitions sealed between the previous cut and this one: they stay,
--- but verification starts after them.
-SELECT pg_catalog.count(*) AS kept
-FROM audit.chain AS c
-JOIN audit.events AS e ON e.id = c.event_id
-WHERE c.position > %(previous)s AND c.position <= %(cut)s
-  AND e.tableoid <> %(partition)s::regclass;
-
 -- name: next_retention_seq
 SELECT COALESCE(pg_catalog.max(seq), 0) + 1 AS seq FROM audit.retention_checkpoints;
 
--- name: previous_cut
-SELECT position FROM audit.retention_checkpoints ORDER BY position DESC, seq DESC LIMIT 1;
-
 -- name: insert_retention_checkpoint
 INSERT INTO audit.retention_checkpoints (
-    seq, chain_id, partition_name, range_from, range_to, row_count, position, head_hash,
-    last_event_id, seal_seq, kept_before_cut, policy, created_at, key_id, mac, sig_key_id,
-    signature)
+    seq, chain_id, partition_name, range_from, range_to, row_count, positions, position,
+    head_hash, last_event_id, policy, created_at, key_id, mac, sig_key_id, signature)
 VALUES (%(seq)s, %(chain_id)s, %(partition)s, %(range_from)s, %(range_to)s, %(row_count)s,
-        %(position)s, %(head)s, %(last_event_id)s, %(seal_seq)s, %(kept_before_cut)s,
-        %(policy)s, %(created_at)s, %(key_id)s, %(mac)s, %(sig_key_id)s, %(signature)s);
+        %(positions)s::int8multirange, %(position)s, %(head)s, %(last_event_id)s, %(policy)s,
+        %(created_at)s, %(key_id)s, %(mac)s, %(sig_key_id)s, %(signature)s);
 
 -- name: drop_partition
 SELECT audit.drop_partition(%(partition)s::regclass, %(seq)s) AS dropped_rows;

@@ -461,9 +461,10 @@ BEGIN
 END
 $$;
 
--- Where verification starts after data left by retention: one row per dropped partition,
--- authenticated like the seal checkpoints (the key lives in the environment; see
--- audit_mw.integrity.retention). Copies go to the checkpoint file's retention sibling.
+-- What retention dropped: one row per dropped partition, authenticated like the seal
+-- checkpoints (the key lives in the environment; see audit_mw.integrity.retention). The
+-- verifier accepts a sealed event as gone exactly when its chain position is in the
+-- positions of such a row; copies go to the checkpoint file's ".retention" sibling.
 CREATE TABLE audit.retention_checkpoints (
     seq             bigint PRIMARY KEY CHECK (seq > 0),
     chain_id        uuid,
@@ -471,11 +472,10 @@ CREATE TABLE audit.retention_checkpoints (
     range_from      timestamptz,
     range_to        timestamptz NOT NULL,
     row_count       bigint NOT NULL CHECK (row_count >= 0),
+    positions       int8multirange NOT NULL,
     position        bigint NOT NULL CHECK (position >= 0),
     head_hash       bytea NOT NULL CHECK (pg_catalog.octet_length(head_hash) = 32),
     last_event_id   bigint,
-    seal_seq        bigint NOT NULL CHECK (seal_seq >= 0),
-    kept_before_cut bigint NOT NULL CHECK (kept_before_cut >= 0),
     policy          text NOT NULL,
     created_at      timestamptz NOT NULL,
     key_id          text NOT NULL,
@@ -484,13 +484,13 @@ CREATE TABLE audit.retention_checkpoints (
     signature       bytea
 );
 COMMENT ON TABLE audit.retention_checkpoints IS
-    'audit_mw: one authenticated record per partition dropped by retention; verification '
-    'continues after the newest; append-only.';
+    'audit_mw: one authenticated record per partition dropped by retention (its chain '
+    'positions, last position and entry hash there); append-only.';
 
 -- Drops one partition for retention, after the caller recorded its retention checkpoint in
--- this transaction. Re-checks what must hold, whoever calls: a monthly partition (not the
--- default), every row sealed, no legal hold, and a retention checkpoint that names it with
--- its row count.
+-- this transaction. Re-checks what must hold, whoever calls: a partition (not the default),
+-- every row sealed, no legal hold, and a retention checkpoint that names it with its row
+-- count and exactly the chain positions of its rows.
 CREATE FUNCTION audit.drop_partition(p_partition regclass, p_retention_seq bigint)
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -499,6 +499,7 @@ DECLARE
     cp        record;
     n_rows    bigint;
     unsealed  bigint;
+    positions int8multirange;
     hold      bigint;
 BEGIN
     SELECT * INTO part FROM audit.event_partitions() AS p WHERE p.partition = p_partition;
@@ -525,6 +526,15 @@ BEGIN
     IF n_rows <> cp.row_count THEN
         RAISE EXCEPTION 'audit_mw: partition % holds % events, its retention checkpoint %',
             part.partition_name, n_rows, cp.row_count
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    EXECUTE pg_catalog.format(
+        'SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(c.position, c.position, '
+        '''[]'')), ''{}''::int8multirange) FROM %s AS e JOIN audit.chain AS c '
+        'ON c.event_id = e.id', p_partition) INTO positions;
+    IF positions <> cp.positions THEN
+        RAISE EXCEPTION 'audit_mw: the chain positions of partition % differ from its '
+            'retention checkpoint %', part.partition_name, p_retention_seq
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     SELECT h INTO hold FROM audit.partition_holds(p_partition) AS h LIMIT 1;
