@@ -295,9 +295,10 @@ def test_an_archive_is_written_before_the_drop_and_verifies(
     assert checked.count == 20
     first_line = json.loads((folder / "events_p201901.ndjson").read_text().splitlines()[1])
     assert first_line["app_user_id"] == "alice"
+    # January 2019 again (rows arriving late, say): its archive name is taken.
+    old_month(history.conn, 2019, 1, 1, user="again")
+    seal(history.conn, KEYS)
     with pytest.raises(RetentionError, match="exists already"):
-        old_month(history.conn, 2019, 1, 1, user="again")
-        seal(history.conn, KEYS)
         _apply(history, archive_dir=folder)
 
 
@@ -309,13 +310,15 @@ def test_rows_written_into_an_expired_partition_after_planning_stop_the_drop(
     plan = plan_retention(conn, PCI, now=NOW)
     add_rows(conn, start, 2, user="late", record_prefix="late")
     seal(conn, KEYS)
-    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="holds 22 events"):
-        with conn.transaction():
-            conn.execute(
-                "INSERT INTO audit.retention_checkpoints (seq, chain_id, partition_name,"
-                " range_from, range_to, row_count, positions, position, head_hash, policy,"
-                " created_at, key_id, mac) SELECT 1, chain_id, 'events_p201901', %s, %s, 20,"
-                " '{}', 0, %s, 'pci', now(), 'k1', %s FROM audit.chains",
-                [plan.to_drop[0].range_from, plan.to_drop[0].range_to, b"\0" * 32, b"\0"])
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO audit.retention_checkpoints (seq, chain_id, partition_name,"
+            " range_from, range_to, row_count, positions, position, head_hash, policy,"
+            " created_at, key_id, mac) SELECT 1, chain_id, 'events_p201901', %s, %s, 20,"
+            " '{}', 0, %s, 'pci', now(), 'k1', %s FROM audit.chains",
+            [plan.to_drop[0].range_from, plan.to_drop[0].range_to, b"\0" * 32, b"\0"])
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                           match="holds 22 events"), conn.transaction():
             conn.execute("SELECT audit.drop_partition('audit.events_p201901', 1)")
+        raise psycopg.Rollback
     assert "events_p201901" in partition_names(conn)
