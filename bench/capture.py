@@ -213,20 +213,37 @@ def _setup(dsn: str) -> None:
 def _reset(conn: psycopg.Connection[Any], variant: str, rows: int) -> None:
     """The same starting state for every run: ``rows`` rows, an empty trail, a checkpoint."""
     table = sql.Identifier(TABLES[variant])
-    # Replica mode skips ordinary triggers: resetting the table is not part of the workload.
+    # Resetting the table is not part of the workload: replica mode skips the naive trigger,
+    # and audit_mw's (ENABLE ALWAYS, so replica mode does not skip them) are lifted briefly.
     conn.execute("SET session_replication_role = replica")
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(table))
     conn.execute(sql.SQL("TRUNCATE {}").format(table))
     if rows:
         conn.execute(sql.SQL(FILL.replace("{rows}", str(rows))).format(table=table))
+    if variant == "audit_mw":
+        for trigger in ("audit_mw_insert", "audit_mw_update", "audit_mw_delete",
+                        "audit_mw_truncate"):
+            conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(
+                table, sql.Identifier(trigger)))
+    else:
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(table))
     conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
                  [TABLES[variant], max(rows, 1)])
     conn.execute(sql.SQL("SELECT setval({}, 1, false)").format(
         sql.Literal(f"{TABLES[variant]}_del_seq")))
     conn.execute("RESET session_replication_role")
-    # The trail refuses TRUNCATE even from its owner; the benchmark lifts the guard briefly.
-    conn.execute("ALTER TABLE audit.events DISABLE TRIGGER events_no_truncate")
+    # The trail refuses TRUNCATE even from its owner, on the table and on each partition;
+    # the benchmark lifts the guards briefly.
+    guarded = [r[0] for r in conn.execute(
+        "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'events_no_truncate'"
+    ).fetchall()]
+    for relation in guarded:
+        conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER events_no_truncate").format(
+            sql.SQL(relation)))
     conn.execute("TRUNCATE audit.events")
-    conn.execute("ALTER TABLE audit.events ENABLE ALWAYS TRIGGER events_no_truncate")
+    for relation in guarded:
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER events_no_truncate").format(
+            sql.SQL(relation)))
     conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table))
     conn.execute("VACUUM (ANALYZE) audit.events")
     conn.execute("CHECKPOINT")

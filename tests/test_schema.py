@@ -34,7 +34,7 @@ def _schema_snapshot(conn: Conn) -> list[tuple[Any, ...]]:
         SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid) || t.tgenabled::text
         FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
         WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal
-        ORDER BY 1, 2
+        ORDER BY 1, 2, 3
     """).fetchall()
 
 

@@ -9,6 +9,7 @@ Every error the package raises on purpose derives from :class:`AuditError`::
      +-- EventWriteError        an application event could not be stored (fail-closed policy)
      +-- IntegrityError         verification could not run (not: "the chain is broken")
      +-- QueryError             bad input to the query/export API (a 400 in the admin routes)
+     +-- RetentionError         a retention policy or legal hold request was refused
 
 Messages are lower-case, say what was wrong and, where it helps, what to do about it.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "EventWriteError",
     "IntegrityError",
     "QueryError",
+    "RetentionError",
     "SchemaError",
     "TrackingError",
 ]
@@ -60,3 +62,7 @@ class QueryError(AuditError):
         super().__init__(f"{parameter}: {message}")
         self.parameter = parameter
         self.message = message
+
+
+class RetentionError(AuditError):
+    """A retention policy, legal hold or partition drop was refused (nothing was dropped)."""

@@ -45,8 +45,8 @@ OWNER_ROLE = "audit_owner"
 READER_ROLE = "audit_reader"
 WRITER_ROLE = "audit_writer"
 
-#: The oldest server the SQL is written for (pg_input_is_valid arrived in PostgreSQL 16).
-MIN_SERVER_VERSION = 160000
+#: The oldest server the SQL is written for (identity columns on a partitioned table: 17).
+MIN_SERVER_VERSION = 170000
 
 #: Guard triggers are recorded in audit.object_hashes under this prefix ("guard:events.x").
 GUARD_PREFIX = "guard:"
@@ -95,7 +95,7 @@ def install(
             raise SchemaError("cannot read the installing role from pg_roles")
         if facts["server_version"] < MIN_SERVER_VERSION:
             raise SchemaError(
-                f"audit_mw needs PostgreSQL 16 or newer; this server is "
+                f"audit_mw needs PostgreSQL 17 or newer; this server is "
                 f"{facts['server_version']}"
             )
         may_create_roles = bool(facts["is_superuser"] or facts["can_create_role"])

@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 
 from audit_mw import _sql
 from audit_mw.errors import SchemaError, TrackingError
+from audit_mw.partitions import partition_guard_problems
 from audit_mw.schema import GUARD_PREFIX, installed_version, pinned_search_path
 
 __all__ = ["TableStatus", "TrackedTable", "status", "track", "untrack"]
@@ -30,6 +31,8 @@ TRIGGER_NAMES = ("audit_mw_delete", "audit_mw_insert", "audit_mw_truncate", "aud
 #: How the capture triggers and the guards are installed: ENABLE ALWAYS.
 _STATES = {"O": "fires only in origin mode (session_replication_role = replica skips it)",
            "R": "fires only in replica mode", "D": "is disabled"}
+#: The schema version from which audit.events is partitioned (each partition has guards).
+PARTITIONED_SINCE = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,8 @@ def status(conn: psycopg.Connection[Any]) -> Status:
                             "run `audit-mw install` to upgrade")
         problems += _function_problems(cur)
         problems += _guard_problems(cur)
+        if version >= PARTITIONED_SINCE:
+            problems += partition_guard_problems(cur)
         cur.execute(_sql.query("track", "tracked_tables"))
         for tracked in cur.fetchall():
             tables.append(_table_status(cur, tracked))

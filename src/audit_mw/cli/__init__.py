@@ -16,6 +16,7 @@ from audit_mw.cli import (
     _demo_cmds,
     _events_cmds,
     _integrity_cmds,
+    _retention_cmds,
     _schema_cmds,
     _server_cmds,
 )
@@ -25,7 +26,8 @@ __all__ = ["main"]
 
 # Each module exposes register(subparsers); order is the order of `audit-mw --help`.
 COMMAND_MODULES = (
-    _schema_cmds, _server_cmds, _events_cmds, _integrity_cmds, _admin_cmds, _demo_cmds,
+    _schema_cmds, _server_cmds, _events_cmds, _integrity_cmds, _admin_cmds, _retention_cmds,
+    _demo_cmds,
 )
 
 

@@ -20,6 +20,7 @@ from audit_mw.integrity.keys import KeyRing, generate_hmac_key, generate_signing
 from audit_mw.integrity.runs import record_failure, record_run
 from audit_mw.integrity.seal import seal
 from audit_mw.integrity.verify import verify
+from audit_mw.partitions import ensure_partitions_quietly
 
 
 def register(commands: Any) -> None:
@@ -75,6 +76,7 @@ def cmd_seal(args: argparse.Namespace) -> int:
               "and the log only", file=sys.stderr)
     with connect(args) as conn:
         result = seal(conn, keys, sinks=sinks, batch_size=args.batch_size)
+        ensure_partitions_quietly(conn)
     if result.busy:
         print("another sealer is running; nothing done")
         return 0

@@ -65,7 +65,9 @@ class VerifyResult:
 
     ``valid`` is true only when every entry and checkpoint checked out. ``anchored`` says
     whether an external checkpoint copy vouched for the chain: without one, a truncated tail
-    or a restored older backup cannot be seen, and the result says so.
+    or a restored older backup cannot be seen, and the result says so. ``retention_cut``
+    describes the retention checkpoint verification started after, when old partitions were
+    dropped by policy (see :mod:`audit_mw.integrity.retention`): a cut, not a break.
     """
 
     valid: bool
@@ -81,6 +83,7 @@ class VerifyResult:
     chain_id: str | None
     anchored_position: int | None = None
     warnings: tuple[str, ...] = field(default=())
+    retention_cut: dict[str, Any] | None = None
 
     @property
     def status(self) -> str:
@@ -103,7 +106,7 @@ class VerifyResult:
             "checked": self.checked, "unsealed": self.unsealed,
             "checkpoints": self.checkpoints, "head_position": self.head_position,
             "anchored_position": self.anchored_position, "chain_id": self.chain_id,
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "retention_cut": self.retention_cut,
         }
 
 
@@ -114,6 +117,10 @@ class Verifier:
     ``anchors`` are copies kept outside (the checkpoint file), or ``None`` when there are
     none. ``start`` is a trusted checkpoint to begin after, instead of the genesis (for a
     trail whose oldest part was removed by retention, or an export of a range).
+    ``retained`` are the half-open ranges of chain positions that retention dropped (from
+    authenticated retention checkpoints, see :mod:`audit_mw.integrity.retention`) and
+    ``retained_heads`` the entry hash each recorded at its last position: there a missing
+    event is expected, and the walk links on with the entry hash the chain stored.
     """
 
     def __init__(
@@ -124,6 +131,8 @@ class Verifier:
         keys: KeyRing,
         anchors: Sequence[Checkpoint] | None = None,
         start: Checkpoint | None = None,
+        retained: Sequence[tuple[int, int]] = (),
+        retained_heads: Mapping[int, bytes] | None = None,
     ) -> None:
         self.chain_id = chain_id
         self._chain_bytes = uuid.UUID(chain_id).bytes if chain_id else b""
@@ -138,6 +147,11 @@ class Verifier:
         self.anchors = anchors
         self.mismatch: bytes | None = None
         self.tail_must_be_checkpointed = True
+        self._retained = list(retained)
+        self._retained_index = 0
+        self._retained_heads = dict(retained_heads or {})
+        #: Entries whose event retention dropped, linked over with their stored entry hash.
+        self.bridged = 0
         # position -> checkpoint heads that the recomputed chain must reach there
         self._heads: dict[int, list[tuple[str, Checkpoint, int]]] = {}
         # positions whose event id we keep, to name the first entry of a checkpoint range
@@ -263,6 +277,8 @@ class Verifier:
         if self.limit is not None and position >= self.limit:
             return False
         if encoded is None:
+            if self._was_retained(position) and stored_entry is not None:
+                return self._bridge(position, event_id, stored_entry)
             self._found("missing", position, event_id,
                         f"sealed event {event_id} at position {position} is missing")
             return False
@@ -291,6 +307,28 @@ class Verifier:
         if position in self._heads and not self._check_heads(position, h):
             return False
         self.checked += 1
+        return True
+
+    def _was_retained(self, position: int) -> bool:
+        # Positions come in increasing order: the ranges are consumed front to back.
+        ranges, i = self._retained, self._retained_index
+        while i < len(ranges) and ranges[i][1] <= position:
+            i += 1
+        self._retained_index = i
+        return i < len(ranges) and ranges[i][0] <= position
+
+    def _bridge(self, position: int, event_id: int, stored_entry: bytes) -> bool:
+        expected = self._retained_heads.get(position)
+        if expected is not None and expected != stored_entry:
+            self._found("modified", position, event_id,
+                        f"the chain link at position {position} (event {event_id}, dropped by "
+                        "retention) differs from its retention checkpoint")
+            return False
+        self.prev = stored_entry
+        self.position = position
+        if position in self._heads and not self._check_heads(position, stored_entry):
+            return False
+        self.bridged += 1
         return True
 
     def _check_heads(self, position: int, head: bytes) -> bool:

@@ -25,6 +25,13 @@ from audit_mw.errors import ConfigurationError, IntegrityError, SchemaError
 from audit_mw.integrity.chain import Finding, Verifier, VerifyResult
 from audit_mw.integrity.checkpoints import Checkpoint, read_checkpoint_file
 from audit_mw.integrity.keys import KeyRing
+from audit_mw.integrity.retention import (
+    Retained,
+    RetentionCheckpoint,
+    read_retention_file,
+    retained_positions,
+    retention_file_for,
+)
 from audit_mw.integrity.runs import record_failure, record_run
 from audit_mw.integrity.seal import (
     _ORDER_START,
@@ -32,7 +39,7 @@ from audit_mw.integrity.seal import (
     check_event_columns,
 )
 
-__all__ = ["ProgressCallback", "verify"]
+__all__ = ["ProgressCallback", "retention_from_row", "verify"]
 
 #: Called with (entries checked so far, entries in the chain) every few thousand entries.
 ProgressCallback = Callable[[int, int], None]
@@ -48,6 +55,7 @@ def verify(
     anchors: Sequence[Checkpoint] | None = None,
     start: Checkpoint | None = None,
     progress: ProgressCallback | None = None,
+    retention_file: str | os.PathLike[str] | None = None,
     record: bool = False,
 ) -> VerifyResult:
     """Verify the chain in the database ``conn`` is connected to.
@@ -55,9 +63,13 @@ def verify(
     ``keys`` defaults to :meth:`KeyRing.from_env` and must hold an HMAC key or an Ed25519
     public key; every checkpoint is checked with them. ``checkpoint_file`` (or ``anchors``)
     are checkpoint copies kept outside the database. ``start`` is a trusted checkpoint to
-    begin after instead of the genesis. Raises :class:`~audit_mw.errors.IntegrityError` or
-    :class:`~audit_mw.errors.ConfigurationError` when verification cannot run; a broken
-    chain is a result (``valid`` false), not an exception.
+    begin after instead of the genesis. Partitions dropped by retention are known from the
+    retention checkpoints in the database and in ``retention_file`` (default: the checkpoint
+    file's ``.retention`` sibling): their events may be gone, every other entry is checked,
+    and the result's ``retention_cut`` describes the drops. Raises
+    :class:`~audit_mw.errors.IntegrityError` or :class:`~audit_mw.errors.ConfigurationError`
+    when verification cannot run; a broken chain is a result (``valid`` false), not an
+    exception.
 
     ``record=True`` appends the result to ``audit.verification_runs`` afterwards (a run that
     raised ``IntegrityError`` or ``SchemaError`` is recorded as ``unverifiable``); this needs
@@ -66,7 +78,7 @@ def verify(
     started_at = dt.datetime.now(dt.UTC)
     try:
         result = _verify(conn, keys, checkpoint_file=checkpoint_file, anchors=anchors,
-                         start=start, progress=progress)
+                         start=start, progress=progress, retention_file=retention_file)
     except (IntegrityError, SchemaError) as exc:
         if record:
             record_failure(conn, exc, started_at=started_at)
@@ -84,6 +96,7 @@ def _verify(
     anchors: Sequence[Checkpoint] | None,
     start: Checkpoint | None,
     progress: ProgressCallback | None,
+    retention_file: str | os.PathLike[str] | None,
 ) -> VerifyResult:
     keys = KeyRing.from_env() if keys is None else keys
     if not keys.hmac_keys and not keys.public_keys:
@@ -92,6 +105,9 @@ def _verify(
             "or AUDIT_VERIFY_KEYS (Ed25519 public keys)")
     if checkpoint_file is not None:
         anchors = [*(anchors or ()), *read_checkpoint_file(checkpoint_file)]
+        if retention_file is None:
+            retention_file = retention_file_for(checkpoint_file)
+    outside = read_retention_file(retention_file) if retention_file is not None else []
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise IntegrityError("verify needs a connection that is not inside a transaction")
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
@@ -106,8 +122,14 @@ def _verify(
         checkpoints = _checkpoints(cur, "checkpoints")
         cur.execute(_sql.query("integrity", "chain_head"))
         head = cur.fetchone()
+        retained, cut_problem = retained_positions(
+            [*_retention_checkpoints(cur), *outside], keys, chain_id)
         verifier = Verifier(chain_id=chain_id, checkpoints=checkpoints, keys=keys,
-                            anchors=anchors, start=start)
+                            anchors=anchors, start=start,
+                            retained=retained.ranges if retained else (),
+                            retained_heads=retained.heads if retained else None)
+        if cut_problem is not None:
+            verifier.add(Finding("bad_checkpoint", cut_problem[0], None, cut_problem[1]))
         complete = _walk(conn, verifier, start, head["position"] if head else 0, progress)
         if verifier.mismatch is not None:
             _classify_mismatch(cur, verifier)
@@ -126,7 +148,43 @@ def _verify(
             found = cur.fetchone()
             if found is not None:
                 result = replace(result, first_bad_id=int(found["event_id"]))
-    return result
+    return _with_cut(result, retained, verifier.bridged)
+
+
+def _with_cut(result: VerifyResult, retained: Retained | None, bridged: int) -> VerifyResult:
+    if retained is None:
+        return result
+    summary = retained.summary(bridged)
+    detail = result.detail
+    if result.valid:
+        detail += (f"; {bridged} entries of {summary['checkpoints']} partition(s) dropped by "
+                   f"retention (policy {summary['latest']['policy']}) were linked over, "
+                   "not recomputed")
+    return replace(result, retention_cut=summary, detail=detail)
+
+
+def _retention_checkpoints(cur: psycopg.Cursor[dict[str, Any]]) -> list[RetentionCheckpoint]:
+    cur.execute(_sql.query("integrity", "retention_tables"))
+    row = cur.fetchone()
+    if not row or not row["present"]:
+        return []
+    cur.execute(_sql.query("integrity", "retention_checkpoints"))
+    return [retention_from_row(r) for r in cur.fetchall()]
+
+
+def retention_from_row(row: dict[str, Any]) -> RetentionCheckpoint:
+    """A :class:`RetentionCheckpoint` from an ``audit.retention_checkpoints`` row."""
+    return RetentionCheckpoint(
+        seq=int(row["seq"]), chain_id=None if row["chain_id"] is None else str(row["chain_id"]),
+        partition=str(row["partition_name"]), range_from=row["range_from"],
+        range_to=str(row["range_to"]), row_count=int(row["row_count"]),
+        positions=str(row["positions"]), position=int(row["position"]),
+        head=bytes(row["head_hash"]),
+        last_event_id=None if row["last_event_id"] is None else int(row["last_event_id"]),
+        policy=str(row["policy"]), created_at=str(row["created_at"]),
+        key_id=str(row["key_id"]), mac=bytes(row["mac"]), sig_key_id=row["sig_key_id"],
+        signature=None if row["signature"] is None else bytes(row["signature"]),
+    )
 
 
 def _walk(

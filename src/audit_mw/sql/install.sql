@@ -89,6 +89,8 @@ FROM pg_catalog.pg_trigger AS t
 JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
 WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal
   AND t.tgfoid = 'audit.refuse_change()'::regprocedure
+  -- Partitions come and go (retention); their guards are checked per partition.
+  AND NOT c.relispartition
 ORDER BY 1;
 
 -- name: schema_owner

@@ -239,3 +239,21 @@ VALUES (%(started_at)s, %(status)s, %(anchored)s, %(checked)s, %(unsealed)s, %(c
         %(head_position)s, %(anchored_position)s, %(chain_id)s, %(kind)s, %(first_bad_id)s,
         %(first_bad_position)s, %(detail)s)
 RETURNING id;
+
+-- name: retention_tables
+-- Whether retention checkpoints exist here (they arrive with migration 0006).
+SELECT pg_catalog.to_regclass('audit.retention_checkpoints') IS NOT NULL AS present;
+
+-- name: retention_checkpoints
+-- Every retention checkpoint, timestamps as the canonical text the MAC covers.
+SELECT seq, chain_id::text AS chain_id, partition_name,
+       pg_catalog.to_char(range_from AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           AS range_from,
+       pg_catalog.to_char(range_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           AS range_to,
+       row_count, positions::text AS positions, position, head_hash, last_event_id, policy,
+       pg_catalog.to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+           AS created_at,
+       key_id, mac, sig_key_id, signature
+FROM audit.retention_checkpoints
+ORDER BY seq;
