@@ -19,7 +19,7 @@ import datetime as dt
 import hmac
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,6 +148,19 @@ class CheckpointSink(Protocol):
     def write(self, checkpoints: Sequence[Checkpoint]) -> None: ...
 
 
+def append_json_lines(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append one compact JSON object per line to ``path``, then fsync before returning."""
+    if not records:
+        return
+    data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class JsonlSink:
     """An append-only JSON-lines file, flushed and fsynced after every write.
 
@@ -160,16 +173,7 @@ class JsonlSink:
         self.path = Path(path)
 
     def write(self, checkpoints: Sequence[Checkpoint]) -> None:
-        if not checkpoints:
-            return
-        data = "".join(json.dumps(c.to_json(), separators=(",", ":")) + "\n"
-                       for c in checkpoints).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_json_lines(self.path, [c.to_json() for c in checkpoints])
 
     def last(self) -> Checkpoint | None:
         """The newest checkpoint in the file, or ``None`` for a missing or empty file."""

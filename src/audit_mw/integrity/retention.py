@@ -33,6 +33,7 @@ from typing import Any
 
 from audit_mw.errors import IntegrityError
 from audit_mw.integrity.canonical import encode_fields
+from audit_mw.integrity.checkpoints import append_json_lines
 from audit_mw.integrity.keys import KeyRing
 
 __all__ = [
@@ -178,16 +179,7 @@ class RetentionSink:
         self.path = Path(path)
 
     def write(self, checkpoints: Sequence[RetentionCheckpoint]) -> None:
-        if not checkpoints:
-            return
-        data = "".join(json.dumps(c.to_json(), separators=(",", ":")) + "\n"
-                       for c in checkpoints).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_json_lines(self.path, [c.to_json() for c in checkpoints])
 
 
 def read_retention_file(path: str | os.PathLike[str]) -> list[RetentionCheckpoint]:
