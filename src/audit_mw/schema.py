@@ -111,12 +111,13 @@ def install(
         if owner != facts["current_role"]:
             cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
         cur.execute(_sql.query("install", "create_migrations_table"))
-        if _pending(cur):
+        pending = _pending(cur)
+        if pending:
             # Refuse to build on functions someone changed: an upgrade re-records the
             # hashes, and must not launder a tampered definition into the new baseline.
             with pinned_search_path(cur):
                 _refuse_changed_functions(cur)
-            applied = _apply_migrations(cur)
+            applied = _apply_migrations(cur, pending)
             with pinned_search_path(cur):
                 _record_function_hashes(cur)
         else:
@@ -174,31 +175,8 @@ def _ensure_roles(cur: psycopg.Cursor[dict[str, object]], _: bool) -> tuple[str,
     return tuple(created)
 
 
-def _apply_migrations(cur: psycopg.Cursor[dict[str, object]]) -> list[int]:
-    cur.execute(_sql.query("install", "applied_migrations"))
-    done = {int(str(r["version"])): str(r["checksum"]) for r in cur.fetchall()}
-    applied = []
-    for migration in _sql.migrations():
-        if migration.version in done:
-            if done[migration.version] != migration.checksum:
-                raise SchemaError(
-                    f"migration {migration.version:04d}_{migration.name} differs from the one "
-                    "applied to this database; released migrations must not be edited"
-                )
-            continue
-        # The package's own file, several statements: sent as one simple-protocol script.
-        cur.execute(sql.SQL(migration.text))
-        cur.execute(
-            _sql.query("install", "record_migration"),
-            {"version": migration.version, "name": migration.name,
-             "checksum": migration.checksum},
-        )
-        applied.append(migration.version)
-    return applied
-
-
-def _pending(cur: psycopg.Cursor[dict[str, object]]) -> bool:
-    """Whether migrations are missing; refuses when an applied one was edited since."""
+def _pending(cur: psycopg.Cursor[dict[str, object]]) -> list[_sql.Migration]:
+    """The migrations not applied yet; refuses when an applied one was edited since."""
     cur.execute(_sql.query("install", "applied_migrations"))
     done = {int(str(r["version"])): str(r["checksum"]) for r in cur.fetchall()}
     for migration in _sql.migrations():
@@ -207,7 +185,21 @@ def _pending(cur: psycopg.Cursor[dict[str, object]]) -> bool:
                 f"migration {migration.version:04d}_{migration.name} differs from the one "
                 "applied to this database; released migrations must not be edited"
             )
-    return any(m.version not in done for m in _sql.migrations())
+    return [m for m in _sql.migrations() if m.version not in done]
+
+
+def _apply_migrations(
+    cur: psycopg.Cursor[dict[str, object]], pending: list[_sql.Migration]
+) -> list[int]:
+    for migration in pending:
+        # The package's own file, several statements: sent as one simple-protocol script.
+        cur.execute(sql.SQL(migration.text))
+        cur.execute(
+            _sql.query("install", "record_migration"),
+            {"version": migration.version, "name": migration.name,
+             "checksum": migration.checksum},
+        )
+    return [m.version for m in pending]
 
 
 def _refuse_changed_functions(cur: psycopg.Cursor[dict[str, object]]) -> None:
