@@ -25,3 +25,28 @@ def set_context(conn: psycopg.Connection[Any], **values: str) -> None:
     """Set audit.* settings for the session, as the pool does."""
     for name, value in values.items():
         conn.execute("SELECT set_config(%s, %s, false)", [f"audit.{name}", value])
+
+
+def track_before_0007(conn: psycopg.Connection[Any], table: str) -> None:
+    """Track ``table`` (key column ``id``) as schema versions 1 to 6 did: UPDATE row-level.
+
+    Stands for a table tracked before an upgrade; ``audit-mw status`` must tell it apart.
+    """
+    args = f"'{{id}}', '{{}}', '{{}}', 'public', '{table}'"
+    conn.execute(f"""
+        CREATE TRIGGER audit_mw_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_insert({args});
+        CREATE TRIGGER audit_mw_update AFTER UPDATE ON {table}
+            FOR EACH ROW WHEN (OLD.* OPERATOR(pg_catalog.*<>) NEW.*)
+            EXECUTE FUNCTION audit.capture_update({args});
+        CREATE TRIGGER audit_mw_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_delete({args});
+        CREATE TRIGGER audit_mw_truncate AFTER TRUNCATE ON {table}
+            FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_truncate({args});
+        ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_insert;
+        ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_update;
+        ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_delete;
+        ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_truncate;
+        INSERT INTO audit.tracked_tables (schema_name, table_name, key_columns, trigger_hash)
+        VALUES ('public', '{table}', '{{id}}', 'tracked before schema version 7');
+    """.encode())

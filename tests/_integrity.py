@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -41,12 +41,13 @@ def app_event(conn: psycopg.Connection[Any], n: int) -> None:
 
 
 def build_trail(
-    conn: psycopg.Connection[Any], entries: int = 1000, *, per_txn: int = 10
+    conn: psycopg.Connection[Any], entries: int = 1000, *, per_txn: int = 10,
+    tracker: Callable[[psycopg.Connection[Any], str], object] = track,
 ) -> None:
     """About ``entries`` events: inserts, updates and deletes of a tracked table, app events."""
     conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text, price numeric,"
                  " tags text[], doc jsonb)")
-    track(conn, "items")
+    tracker(conn, "items")
     made = conn.execute("SELECT count(*) FROM audit.events").fetchone()
     count = int(made[0]) if made else 0
     n = count

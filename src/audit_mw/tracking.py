@@ -1,8 +1,9 @@
 """Turning row-change capture on and off per table, and reporting its state.
 
-:func:`track` reads the table's primary key from the catalog once, and creates four triggers
-on it (``audit_mw_insert``, ``audit_mw_update``, ``audit_mw_delete``, ``audit_mw_truncate``)
-whose arguments carry the key, excluded and masked columns, so nothing is looked up per row.
+:func:`track` reads the table's primary key from the catalog once, and creates four
+statement-level triggers on it (``audit_mw_insert``, ``audit_mw_update``, ``audit_mw_delete``,
+``audit_mw_truncate``) whose arguments carry the key, excluded and masked columns, so nothing
+is looked up per row.
 
 :func:`status` compares what is installed with what the package installed: every function of
 the audit schema against the hash recorded at install time, every tracked table's triggers
@@ -85,9 +86,17 @@ def _pg_text_array(values: Sequence[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-def _require_schema(conn: psycopg.Connection[Any]) -> None:
-    if installed_version(conn) == 0:
+def _require_schema(conn: psycopg.Connection[Any], *, current: bool = False) -> None:
+    from audit_mw._sql import migrations  # noqa: PLC0415 - avoid a cycle at import time
+
+    version = installed_version(conn)
+    if version == 0:
         raise SchemaError("the audit schema is not installed here; run `audit-mw install` first")
+    latest = migrations()[-1].version
+    if current and version < latest:
+        # The triggers track() creates call functions that older schema versions lack.
+        raise SchemaError(f"the audit schema here is version {version}, older than this "
+                          f"package's {latest}; run `audit-mw install` to upgrade it first")
 
 
 def _resolve(cur: psycopg.Cursor[dict[str, object]], name: str) -> dict[str, object]:
@@ -131,7 +140,7 @@ def track(
     """
     excluded = tuple(dict.fromkeys(exclude))
     masked = tuple(dict.fromkeys(mask))
-    _require_schema(conn)
+    _require_schema(conn, current=True)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("install", "lock"))
         info = _resolve(cur, table)
@@ -287,6 +296,11 @@ def _table_status(
         elif present[trigger]["enabled"] != "A":
             state = str(present[trigger]["enabled"])
             problems.append(f"trigger {trigger} {_STATES.get(state, 'is in an unknown state')}")
+    update = present.get("audit_mw_update")
+    if update is not None and " FOR EACH ROW " in str(update["definition"]):
+        problems.append("trigger audit_mw_update is the row-level UPDATE capture of schema "
+                        "versions before 7, which misses rows that an UPDATE moves between "
+                        "partitions; run `audit-mw track` again")
     if not problems:
         current = _hash_triggers(str(t["definition"]) for t in triggers)
         if current != tracked["trigger_hash"]:

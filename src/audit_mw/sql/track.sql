@@ -30,15 +30,15 @@ DROP TRIGGER IF EXISTS audit_mw_delete ON {table};
 DROP TRIGGER IF EXISTS audit_mw_truncate ON {table};
 
 -- name: create_triggers
--- INSERT and DELETE: one trigger call per statement, over its transition table.
--- UPDATE: one call per row that really changed (image comparison works for every type,
--- including those without an equality operator such as json and point).
+-- One trigger call per statement, over its transition tables; UPDATE pairs the old and new
+-- version of each row by position (see migration 0007) and skips rows whose captured
+-- columns did not change (jsonb comparison works for every type, json and point included).
 CREATE TRIGGER audit_mw_insert AFTER INSERT ON {table}
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_insert({keys}, {excluded}, {masked}, {schema_name}, {table_name});
 CREATE TRIGGER audit_mw_update AFTER UPDATE ON {table}
-    FOR EACH ROW WHEN (OLD.* OPERATOR(pg_catalog.*<>) NEW.*)
-    EXECUTE FUNCTION audit.capture_update({keys}, {excluded}, {masked}, {schema_name}, {table_name});
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_update_rows({keys}, {excluded}, {masked}, {schema_name}, {table_name});
 CREATE TRIGGER audit_mw_delete AFTER DELETE ON {table}
     REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_delete({keys}, {excluded}, {masked}, {schema_name}, {table_name});
