@@ -245,3 +245,23 @@ def test_columns_named_like_the_capture_aliases(conn: Conn) -> None:
     assert [r["changed_fields"] for r in rows] == [["n", "value"], ["n", "value"]]
     (deleted,) = [r for r in audit_rows(conn, "odd") if r["action"] == "DELETE"]
     assert deleted["old_values"]["n"] == 2
+
+
+def test_key_change_cascaded_to_a_tracked_child_table(conn: Conn) -> None:
+    conn.execute("CREATE TABLE teams (id int PRIMARY KEY, tag text)")
+    conn.execute("CREATE TABLE players (id int PRIMARY KEY, tag text, "
+                 "team_id int REFERENCES teams ON UPDATE CASCADE)")
+    track(conn, "teams")
+    track(conn, "players")
+    conn.execute("INSERT INTO teams VALUES (1, 'red'), (2, 'blue')")
+    conn.execute("INSERT INTO players SELECT g, 'p' || g, 1 + g % 2 FROM generate_series(1, 6) g")
+    conn.execute("UPDATE teams SET id = id + 10")
+    team_rows = updates(conn, "teams")
+    assert sorted((r["old_values"]["id"], r["new_values"]["id"]) for r in team_rows) == [
+        (1, 11), (2, 12)]
+    assert_paired(team_rows)
+    player_rows = updates(conn, "players")
+    assert len(player_rows) == 6
+    assert_paired(player_rows)
+    assert all(r["new_values"]["team_id"] == r["old_values"]["team_id"] + 10
+               and r["changed_fields"] == ["team_id"] for r in player_rows)
