@@ -9,6 +9,10 @@ Parts that do not exist yet are skipped, and said so. The results go to a JSON f
 ``--out`` between the markers below, so that the prose around the table stays as written.
 ``--quick`` runs tiny sizes to prove the scripts work; it writes no markdown unless ``--out``
 is given, and its JSON goes to ``bench/results/quick.json``.
+
+``--only`` re-runs some parts and keeps the others' results from the JSON file, each with the
+time it was measured at, so that one part can be re-measured without losing the rest; the
+table says when each part was measured.
 """
 
 from __future__ import annotations
@@ -78,6 +82,36 @@ def run_parts(parts: Sequence[str], quick: bool) -> tuple[list[dict[str, Any]], 
     return rows, outcome
 
 
+def keep_earlier(
+    json_path: Path, rows: list[dict[str, Any]], outcome: dict[str, str],
+    measured: dict[str, str], *, quick: bool,
+) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
+    """Add the results of the parts not run now from an earlier run's JSON, in part order.
+
+    Only results of the same kind (quick or not) are kept; a file from before per-part times
+    were recorded gives its one time to each of its parts.
+    """
+    if not json_path.exists():
+        return rows, outcome, measured
+    earlier = json.loads(json_path.read_text())
+    if earlier.get("quick") != quick:
+        return rows, outcome, measured
+    when = earlier.get("measured") or {}
+    merged_rows: list[dict[str, Any]] = []
+    merged_outcome: dict[str, str] = {}
+    merged_measured: dict[str, str] = {}
+    for part in PARTS:
+        if part in outcome:
+            merged_rows += [r for r in rows if r["part"] == part]
+            merged_outcome[part] = outcome[part]
+            merged_measured[part] = measured[part]
+        elif part in earlier.get("parts", {}):
+            merged_rows += [r for r in earlier.get("results", []) if r.get("part") == part]
+            merged_outcome[part] = earlier["parts"][part]
+            merged_measured[part] = when.get(part, earlier["environment"]["when"])
+    return merged_rows, merged_outcome, merged_measured
+
+
 def environment() -> dict[str, Any]:
     """The machine, the server version and the settings the database parts start with."""
     return {
@@ -99,11 +133,14 @@ def _cell(value: Any) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any], outcome: dict[str, str],
-             quick: bool) -> str:
+             quick: bool, measured: dict[str, str] | None = None) -> str:
     """The results as markdown: the environment, then one table per part."""
     m = env["machine"]
+    times = sorted(set((measured or {}).values()))
+    when = env["when"] if len(times) <= 1 else "; ".join(
+        f"{part} {at}" for part, at in (measured or {}).items())
     lines = [
-        f"Measured {env['when']} on {m['cpu']} ({m['cpus']} CPUs, {m['memory_gb']} GB), "
+        f"Measured {when} on {m['cpu']} ({m['cpus']} CPUs, {m['memory_gb']} GB), "
         f"{m['platform']}, Python {m['python']}; {env['postgresql']} (embedded).",
         "",
         "Server settings: " + ", ".join(f"`{k}={v}`" for k, v in env["server_settings"].items())
@@ -171,12 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows, outcome = run_parts(parts, args.quick)
     env = environment()
+    measured = dict.fromkeys(outcome, env["when"])
     json_path = args.json or (QUICK_JSON if args.quick else DEFAULT_JSON)
+    if set(parts) != set(PARTS):
+        rows, outcome, measured = keep_earlier(json_path, rows, outcome, measured,
+                                               quick=args.quick)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(
-        {"environment": env, "quick": args.quick, "parts": outcome, "results": rows},
-        indent=2, default=str) + "\n")
-    table = markdown(rows, env, outcome, args.quick)
+        {"environment": env, "quick": args.quick, "parts": outcome, "measured": measured,
+         "results": rows}, indent=2, default=str) + "\n")
+    table = markdown(rows, env, outcome, args.quick, measured)
     out = args.out or (None if args.quick else DEFAULT_MARKDOWN)
     if out is not None:
         write_markdown(out, table)

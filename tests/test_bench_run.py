@@ -85,3 +85,29 @@ def test_markers_are_appended_to_a_document_without_them(tmp_path: Path) -> None
     assert text.count(run.BEGIN_MARKER) == 1
     assert "| b |" in text
     assert "| a |" not in text
+
+
+def test_a_partial_run_keeps_the_other_parts_with_their_times(tmp_path: Path) -> None:
+    earlier = tmp_path / "latest.json"
+    earlier.write_text(json.dumps({
+        "environment": {"when": "2026-01-01 10:00 UTC"}, "quick": False,
+        "parts": {"capture": "ran in 9 s, 1 rows", "middleware": "ran in 5 s, 1 rows"},
+        "results": [{"part": "capture", "name": "old capture", "value": 1},
+                    {"part": "middleware", "name": "old middleware", "value": 2}]}))
+    new_rows = [{"part": "capture", "name": "new capture", "value": 3}]
+    rows, outcome, measured = run.keep_earlier(
+        earlier, new_rows, {"capture": "ran in 8 s, 1 rows"},
+        {"capture": "2026-02-02 12:00 UTC"}, quick=False)
+    assert [r["name"] for r in rows] == ["new capture", "old middleware"]
+    assert outcome == {"capture": "ran in 8 s, 1 rows", "middleware": "ran in 5 s, 1 rows"}
+    assert measured == {"capture": "2026-02-02 12:00 UTC", "middleware": "2026-01-01 10:00 UTC"}
+    env = {"when": "2026-02-02 12:00 UTC", "postgresql": "postgres (PostgreSQL) 18",
+           "server_settings": {}, "machine": {"cpu": "x", "cpus": 2, "memory_gb": 1,
+                                              "platform": "p", "python": "3"}}
+    text = run.markdown(rows, env, outcome, False, measured)
+    assert "capture 2026-02-02 12:00 UTC; middleware 2026-01-01 10:00 UTC" in text
+    assert "### middleware" in text
+    assert "old middleware" in text
+    # A quick run never mixes with full results, nor the other way round.
+    assert run.keep_earlier(earlier, new_rows, {"capture": "q"}, {"capture": "t"},
+                            quick=True) == (new_rows, {"capture": "q"}, {"capture": "t"})
