@@ -265,3 +265,30 @@ def test_key_change_cascaded_to_a_tracked_child_table(conn: Conn) -> None:
     assert_paired(player_rows)
     assert all(r["new_values"]["team_id"] == r["old_values"]["team_id"] + 10
                and r["changed_fields"] == ["team_id"] for r in player_rows)
+
+
+def test_a_plan_cached_on_one_row_statements_pairs_a_big_update_linearly(conn: Conn) -> None:
+    """The pairing join never becomes a nested loop, whatever statement planned it first.
+
+    plpgsql keeps a statement's plan for the session; made from one-row transition tables, a
+    nested loop would pair 20k rows in minutes. The plan is read, not timed.
+    """
+    conn.execute("CREATE TABLE hits (id int PRIMARY KEY, tag text, n int)")
+    track(conn, "hits")
+    conn.execute("INSERT INTO hits SELECT g, 'h' || g, 0 FROM generate_series(1, 2000) g")
+    for i in range(1, 12):  # enough executions for plpgsql to settle on a generic plan
+        conn.execute("UPDATE hits SET n = n + 1 WHERE id = %s", [i])
+    plans: list[str] = []
+    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    conn.execute("SET auto_explain.log_min_duration = 0")
+    conn.execute("SET auto_explain.log_nested_statements = on")
+    conn.execute("SET auto_explain.log_level = notice")
+    conn.execute("UPDATE hits SET n = n + 1")
+    (capture,) = [p for p in plans if "INSERT INTO audit.events" in p]
+    assert "Join" in capture
+    assert "Nested Loop" not in capture
+    conn.execute("RESET auto_explain.log_min_duration")
+    rows = updates(conn, "hits")
+    assert len(rows) == 11 + 2000
+    assert_paired(rows)
