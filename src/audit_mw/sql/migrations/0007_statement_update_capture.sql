@@ -27,14 +27,14 @@
 -- audit.capture_update() (row-level) stays: tables tracked before this version keep using it
 -- until `audit-mw track` is run again, and `audit-mw status` says so.
 
--- enable_nestloop = off: plpgsql keeps the plan of the pairing join for the session, made
--- from the transition tables of the statement it first ran for. After a few one-row UPDATEs
--- that plan is a nested loop, which would pair a later 20k-row UPDATE in 374 s instead of
--- 0.3 s (quadratic). With nested loops off the join is a hash or merge join whatever the
--- cached estimate, linear in the rows. The setting applies inside this function only.
+-- FULL JOIN: plpgsql keeps the plan of the pairing join for the session, made from the
+-- transition tables of the statement it first ran for. After a few one-row UPDATEs an inner
+-- join's plan is a nested loop, which paired a later 20k-row UPDATE in 374 s instead of
+-- 0.3 s (quadratic). A full join can only be hashed or merged: linear whatever the cached
+-- estimate. (Both tables always have the same number of rows; were it otherwise, a row
+-- would still be written, with the missing image NULL, rather than dropped.)
 CREATE FUNCTION audit.capture_update_rows() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET enable_nestloop = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     key_columns text[] := TG_ARGV[0]::text[];
@@ -43,8 +43,9 @@ DECLARE
     ctx         audit.session_context := audit.read_context();
 BEGIN
     -- Each image is converted to jsonb once: OFFSET 0 keeps the planner from copying
-    -- to_jsonb() into every reference, the changed-fields sub-query included. A row whose captured columns did not change (an
-    -- update of excluded columns only, or of nothing) writes no audit row.
+    -- to_jsonb() into every reference, the changed-fields sub-query included. A row whose
+    -- captured columns did not change (an update of excluded columns only, or of nothing)
+    -- writes no audit row.
     INSERT INTO audit.events (kind, action, schema_name, table_name, record_id, old_values,
                               new_values, changed_fields, app_user_id, client_ip, request_id,
                               user_agent, context_extra, context_issues, application_name,
@@ -63,11 +64,11 @@ BEGIN
           FROM (SELECT pg_catalog.row_number() OVER () AS pos,
                        pg_catalog.to_jsonb(r.*) - excluded AS j
                 FROM old_rows AS r OFFSET 0) AS o
-          JOIN (SELECT pg_catalog.row_number() OVER () AS pos,
+          FULL JOIN (SELECT pg_catalog.row_number() OVER () AS pos,
                        pg_catalog.to_jsonb(r.*) - excluded AS j
                 FROM new_rows AS r OFFSET 0) AS n ON n.pos = o.pos
           OFFSET 0) AS p
-    WHERE p.changed <> '{}';
+    WHERE p.changed <> '{}' OR p.o IS NULL OR p.n IS NULL;
     RETURN NULL;
 END
 $$;
