@@ -27,12 +27,14 @@ def set_context(conn: psycopg.Connection[Any], **values: str) -> None:
         conn.execute("SELECT set_config(%s, %s, false)", [f"audit.{name}", value])
 
 
-def track_before_0007(conn: psycopg.Connection[Any], table: str) -> None:
+def track_before_0007(conn: psycopg.Connection[Any], table: str, *,
+                      excluded: str = "", masked: str = "") -> None:
     """Track ``table`` (key column ``id``) as schema versions 1 to 6 did: UPDATE row-level.
 
     Stands for a table tracked before an upgrade; ``audit-mw status`` must tell it apart.
+    ``excluded`` and ``masked`` are comma-separated plain column names.
     """
-    args = f"'{{id}}', '{{}}', '{{}}', 'public', '{table}'"
+    args = f"'{{id}}', '{{{excluded}}}', '{{{masked}}}', 'public', '{table}'"
     conn.execute(f"""
         CREATE TRIGGER audit_mw_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_insert({args});
@@ -47,6 +49,8 @@ def track_before_0007(conn: psycopg.Connection[Any], table: str) -> None:
         ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_update;
         ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_delete;
         ALTER TABLE {table} ENABLE ALWAYS TRIGGER audit_mw_truncate;
-        INSERT INTO audit.tracked_tables (schema_name, table_name, key_columns, trigger_hash)
-        VALUES ('public', '{table}', '{{id}}', 'tracked before schema version 7');
+        INSERT INTO audit.tracked_tables (schema_name, table_name, key_columns, excluded,
+                                          masked, trigger_hash)
+        VALUES ('public', '{table}', '{{id}}', '{{{excluded}}}', '{{{masked}}}',
+                'tracked before schema version 7');
     """.encode())

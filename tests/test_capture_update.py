@@ -16,9 +16,10 @@ import pytest
 from psycopg import sql
 
 from audit_mw import _sql
-from audit_mw.errors import SchemaError
+from audit_mw.cli import main
+from audit_mw.errors import SchemaError, TrackingError
 from audit_mw.schema import install
-from audit_mw.tracking import status, track
+from audit_mw.tracking import retrack, status, track, untrack
 from tests._db import audit_rows, track_before_0007
 
 Conn = psycopg.Connection[Any]
@@ -203,9 +204,9 @@ def test_tables_tracked_before_0007_are_reported_until_tracked_again(
         conn.execute("UPDATE readings SET at = '2025-05-01'")
         assert updates(conn, "readings") == []
         (table,) = status(conn).tables
-        assert any("before 7" in p and "audit-mw track" in p for p in table.problems)
+        assert any("before 7" in p and "audit-mw retrack" in p for p in table.problems)
 
-        track(conn, "readings")
+        assert [t.qualified_name for t in retrack(conn)] == ["public.readings"]
         assert status(conn).ok
         conn.execute("UPDATE readings SET at = '2026-05-01'")
         (row,) = updates(conn, "readings")
@@ -292,3 +293,49 @@ def test_a_plan_cached_on_one_row_statements_pairs_a_big_update_linearly(conn: C
     rows = updates(conn, "hits")
     assert len(rows) == 11 + 2000
     assert_paired(rows)
+
+
+def test_retrack_keeps_the_excluded_and_masked_columns(
+    empty_dsn: str, template_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        _install_before_0007(conn)
+        conn.execute("CREATE TABLE users (id int PRIMARY KEY, tag text, password_hash text, "
+                     "ssn text)")
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, tag text)")
+        track_before_0007(conn, "users", excluded="password_hash", masked="ssn")
+        track_before_0007(conn, "notes")
+        install(conn)
+        assert main(["--dsn", empty_dsn, "status"]) == 1
+        assert main(["--dsn", empty_dsn, "retrack"]) == 0
+        out = capsys.readouterr().out
+        assert "tracking again public.users (key: id); excluding password_hash; masking ssn" in out
+        assert "tracking again public.notes (key: id)" in out
+        assert status(conn).ok
+        conn.execute("INSERT INTO users VALUES (1, 'a', 'hash-1', '123-45-6789')")
+        conn.execute("UPDATE users SET password_hash = 'hash-2', ssn = '987-65-4321', tag = 'b'")
+        insert, update = audit_rows(conn, "users")
+        assert "password_hash" not in insert["new_values"]
+        assert update["changed_fields"] == ["ssn", "tag"]
+        assert update["old_values"]["ssn"] == update["new_values"]["ssn"] == "[masked]"
+
+
+def test_retrack_refuses_untracked_and_reports_dropped_tables(conn: Conn) -> None:
+    conn.execute("CREATE TABLE kept (id int PRIMARY KEY)")
+    conn.execute("CREATE TABLE gone (id int PRIMARY KEY)")
+    conn.execute("CREATE TABLE never (id int PRIMARY KEY)")
+    track(conn, "kept")
+    track(conn, "gone")
+    with pytest.raises(TrackingError, match=r"public\.never is not tracked"):
+        retrack(conn, ["never"])
+    assert [t.table_name for t in retrack(conn, ["kept"])] == ["kept"]
+    conn.execute("DROP TABLE gone")
+    with pytest.raises(TrackingError, match=r"no longer exist: public\.gone; untrack"):
+        retrack(conn)
+    assert not status(conn).ok
+    untrack(conn, "public.gone")
+    assert status(conn).ok
+    with pytest.raises(TrackingError, match="does not exist"):
+        untrack(conn, "public.gone")
+    with pytest.raises(TrackingError, match="does not exist"):
+        untrack(conn, 'public."unterminated')  # not a name at all: nothing is forgotten

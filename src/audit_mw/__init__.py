@@ -64,7 +64,7 @@ from audit_mw.integrity import (
 from audit_mw.pool import AsyncAuditPool, AuditPool, apply_context, apply_context_async
 from audit_mw.proxy import TrustedProxies, resolve_client_ip
 from audit_mw.schema import install
-from audit_mw.tracking import status, track, untrack
+from audit_mw.tracking import retrack, status, track, untrack
 from audit_mw.wsgi import WSGIAuditMiddleware
 
 __all__ = [
@@ -110,6 +110,7 @@ __all__ = [
     "log_event",
     "reset",
     "resolve_client_ip",
+    "retrack",
     "seal",
     "set_user",
     "status",

@@ -26,7 +26,7 @@ from audit_mw.errors import SchemaError, TrackingError
 from audit_mw.partitions import partition_guard_problems
 from audit_mw.schema import GUARD_PREFIX, installed_version, pinned_search_path
 
-__all__ = ["TableStatus", "TrackedTable", "status", "track", "untrack"]
+__all__ = ["TableStatus", "TrackedTable", "retrack", "status", "track", "untrack"]
 
 TRIGGER_NAMES = ("audit_mw_delete", "audit_mw_insert", "audit_mw_truncate", "audit_mw_update")
 #: How the capture triggers and the guards are installed: ENABLE ALWAYS.
@@ -197,12 +197,62 @@ def track(
     return TrackedTable(str(info["schema_name"]), str(info["table_name"]), keys, excluded, masked)
 
 
+def retrack(conn: psycopg.Connection[Any], tables: Iterable[str] = ()) -> tuple[TrackedTable, ...]:
+    """Create the capture triggers of tracked tables again, with the options recorded for them.
+
+    For after an upgrade whose migration changes how tables are captured (``status`` names
+    the tables). The excluded and masked columns are those recorded by the last ``track``, so
+    that none is forgotten: tracking again by hand without ``exclude`` would start storing a
+    column that was kept out. ``tables`` limits it to these, each of which must be tracked;
+    by default every tracked table. Each table is done in its own transaction. A tracked
+    table that no longer exists is an error, raised after the others are done.
+    """
+    _require_schema(conn, current=True)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_sql.query("track", "tracked_tables"))
+        recorded = {(str(r["schema_name"]), str(r["table_name"])): r for r in cur.fetchall()}
+        wanted = list(recorded)
+        if tables:
+            wanted = []
+            for name in tables:
+                info = _resolve(cur, name)
+                key = (str(info["schema_name"]), str(info["table_name"]))
+                if key not in recorded:
+                    raise TrackingError(f"table {key[0]}.{key[1]} is not tracked; "
+                                        "use track to start capturing it")
+                wanted.append(key)
+    done: list[TrackedTable] = []
+    gone: list[str] = []
+    for key in wanted:
+        row = recorded[key]
+        if row["oid"] is None:
+            gone.append(f"{key[0]}.{key[1]}")
+            continue
+        done.append(track(conn, sql.Identifier(*key).as_string(conn),
+                          exclude=list(row["excluded"] or ()),
+                          mask=list(row["masked"] or ()),
+                          allow_no_primary_key=not row["key_columns"]))
+    if gone:
+        raise TrackingError(f"tracked tables no longer exist: {', '.join(gone)}; "
+                            "untrack them to stop status reporting them")
+    return tuple(done)
+
+
 def untrack(conn: psycopg.Connection[Any], table: str) -> None:
-    """Stop capturing ``table``: drop its triggers. Its past audit rows stay."""
+    """Stop capturing ``table``: drop its triggers. Its past audit rows stay.
+
+    A tracked table that was dropped since is untracked by its qualified name as ``status``
+    prints it (``public.orders``), so that ``status`` stops reporting it.
+    """
     _require_schema(conn)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("install", "lock"))
-        info = _resolve(cur, table)
+        try:
+            info = _resolve(cur, table)
+        except TrackingError:
+            if not _forget_dropped(cur, table):
+                raise
+            return
         target = sql.Identifier(str(info["schema_name"]), str(info["table_name"]))
         cur.execute(_sql.query("track", "drop_triggers").format(table=target))
         cur.execute(_sql.query("track", "delete_tracked"),
@@ -210,6 +260,22 @@ def untrack(conn: psycopg.Connection[Any], table: str) -> None:
         if cur.rowcount == 0:
             raise TrackingError(f"table {info['schema_name']}.{info['table_name']} "
                                 "is not tracked")
+
+
+def _forget_dropped(cur: psycopg.Cursor[dict[str, object]], name: str) -> bool:
+    """Delete the record of a tracked table that no longer exists; False if there is none."""
+    try:
+        with cur.connection.transaction():
+            cur.execute(_sql.query("track", "split_name"), {"name": name})
+            row = cur.fetchone()
+    except psycopg.DataError:  # not a name at all
+        return False
+    parts = list(row["parts"]) if row and row["parts"] else []  # type: ignore[call-overload]
+    if len(parts) != 2:
+        return False
+    cur.execute(_sql.query("track", "delete_dropped_tracked"),
+                {"schema_name": parts[0], "table_name": parts[1]})
+    return cur.rowcount == 1
 
 
 def status(conn: psycopg.Connection[Any]) -> Status:
@@ -300,10 +366,10 @@ def _table_status(
     if update is not None and " FOR EACH ROW " in str(update["definition"]):
         problems.append("trigger audit_mw_update is the row-level UPDATE capture of schema "
                         "versions before 7, which misses rows that an UPDATE moves between "
-                        "partitions; run `audit-mw track` again")
+                        "partitions; run `audit-mw retrack`")
     if not problems:
         current = _hash_triggers(str(t["definition"]) for t in triggers)
         if current != tracked["trigger_hash"]:
             problems.append("triggers differ from the ones audit_mw created "
-                            "(outdated or changed); run `audit-mw track` again")
+                            "(outdated or changed); run `audit-mw retrack`")
     return TableStatus(name, tuple(problems))

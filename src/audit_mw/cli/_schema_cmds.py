@@ -1,4 +1,4 @@
-"""install, track, untrack, status."""
+"""install, track, retrack, untrack, status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from audit_mw.cli._connect import connect
 from audit_mw.errors import TrackingError
 from audit_mw.schema import install
-from audit_mw.tracking import Status, status, track, untrack
+from audit_mw.tracking import Status, TrackedTable, retrack, status, track, untrack
 
 
 def register(commands: Any) -> None:
@@ -30,6 +30,12 @@ def register(commands: Any) -> None:
     p.add_argument("--allow-no-primary-key", action="store_true",
                    help="track tables without a primary key (record_id is then NULL)")
     p.set_defaults(handler=cmd_track)
+
+    p = commands.add_parser(
+        "retrack", help="create the triggers of tracked tables again, with their recorded options")
+    p.add_argument("tables", nargs="*", metavar="TABLE",
+                   help="only these tracked tables (default: every tracked table)")
+    p.set_defaults(handler=cmd_retrack)
 
     p = commands.add_parser("untrack", help="stop capturing row changes of tables")
     p.add_argument("tables", nargs="+", metavar="TABLE")
@@ -74,15 +80,25 @@ def cmd_track(args: argparse.Namespace) -> int:
             tracked = track(conn, table, exclude=excluded.get(table, ()),
                             mask=masked.get(table, ()),
                             allow_no_primary_key=args.allow_no_primary_key)
-            extras = []
-            if tracked.excluded:
-                extras.append(f"excluding {', '.join(tracked.excluded)}")
-            if tracked.masked:
-                extras.append(f"masking {', '.join(tracked.masked)}")
-            key = ", ".join(tracked.key_columns) or "none"
-            print(f"tracking {tracked.qualified_name} (key: {key})"
-                  + (f"; {'; '.join(extras)}" if extras else ""))
+            print(f"tracking {_describe(tracked)}")
     return 0
+
+
+def cmd_retrack(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        for tracked in retrack(conn, args.tables):
+            print(f"tracking again {_describe(tracked)}")
+    return 0
+
+
+def _describe(tracked: TrackedTable) -> str:
+    extras = []
+    if tracked.excluded:
+        extras.append(f"excluding {', '.join(tracked.excluded)}")
+    if tracked.masked:
+        extras.append(f"masking {', '.join(tracked.masked)}")
+    key = ", ".join(tracked.key_columns) or "none"
+    return f"{tracked.qualified_name} (key: {key})" + (f"; {'; '.join(extras)}" if extras else "")
 
 
 def cmd_untrack(args: argparse.Namespace) -> int:

@@ -77,6 +77,17 @@ SET key_columns = EXCLUDED.key_columns, excluded = EXCLUDED.excluded,
 -- name: delete_tracked
 DELETE FROM audit.tracked_tables WHERE schema_name = %(schema_name)s AND table_name = %(table_name)s;
 
+-- name: split_name
+-- A qualified name as status prints it, split like SQL would (an error if it is not a name).
+SELECT pg_catalog.parse_ident(%(name)s) AS parts;
+
+-- name: delete_dropped_tracked
+-- Only the record of a table that no longer exists: a live table is untracked by name.
+DELETE FROM audit.tracked_tables AS t
+WHERE t.schema_name = %(schema_name)s AND t.table_name = %(table_name)s
+  AND pg_catalog.to_regclass(pg_catalog.quote_ident(t.schema_name) || '.'
+                             || pg_catalog.quote_ident(t.table_name)) IS NULL;
+
 -- name: tracked_tables
 SELECT t.schema_name, t.table_name, t.key_columns, t.excluded, t.masked, t.trigger_hash,
        pg_catalog.to_regclass(pg_catalog.quote_ident(t.schema_name) || '.'

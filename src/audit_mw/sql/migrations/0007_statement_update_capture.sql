@@ -25,7 +25,7 @@
 -- column reference in these bodies is qualified, so an unqualified name is the variable.
 --
 -- audit.capture_update() (row-level) stays: tables tracked before this version keep using it
--- until `audit-mw track` is run again, and `audit-mw status` says so.
+-- until `audit-mw retrack` is run, and `audit-mw status` says so.
 
 -- FULL JOIN: plpgsql keeps the plan of the pairing join for the session, made from the
 -- transition tables of the statement it first ran for. After a few one-row UPDATEs an inner
