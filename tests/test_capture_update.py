@@ -169,6 +169,8 @@ def test_excluded_only_and_no_op_updates_write_nothing(conn: Conn) -> None:
     conn.execute("INSERT INTO accounts SELECT g, 'a' || g, 's', 0 FROM generate_series(1, 10) g")
     conn.execute("UPDATE accounts SET secret = 'rotated'")
     conn.execute("UPDATE accounts SET tag = tag")
+    conn.execute("UPDATE accounts SET secret = 'x' WHERE id = 1")  # one row: no pairing
+    conn.execute("UPDATE accounts SET n = 1 WHERE false")  # the trigger fires on no rows
     assert updates(conn, "accounts") == []
     conn.execute("UPDATE accounts SET n = n + 1, secret = 'again' WHERE id <= 3")
     rows = updates(conn, "accounts")
