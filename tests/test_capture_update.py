@@ -333,8 +333,10 @@ def test_retrack_refuses_untracked_and_reports_dropped_tables(conn: Conn) -> Non
         retrack(conn, ["never"])
     assert [t.table_name for t in retrack(conn, ["kept"])] == ["kept"]
     conn.execute("DROP TABLE gone")
+    done: list[str] = []
     with pytest.raises(TrackingError, match=r"no longer exist: public\.gone; untrack"):
-        retrack(conn)
+        retrack(conn, on_table=lambda t: done.append(t.qualified_name))
+    assert done == ["public.kept"]  # the others are done, and said so, before the error
     assert not status(conn).ok
     untrack(conn, "public.gone")
     assert status(conn).ok

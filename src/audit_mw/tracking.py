@@ -13,7 +13,7 @@ against the hash recorded at track time, and the append-only guards on ``audit.e
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,15 +197,19 @@ def track(
     return TrackedTable(str(info["schema_name"]), str(info["table_name"]), keys, excluded, masked)
 
 
-def retrack(conn: psycopg.Connection[Any], tables: Iterable[str] = ()) -> tuple[TrackedTable, ...]:
+def retrack(
+    conn: psycopg.Connection[Any], tables: Iterable[str] = (), *,
+    on_table: Callable[[TrackedTable], object] | None = None,
+) -> tuple[TrackedTable, ...]:
     """Create the capture triggers of tracked tables again, with the options recorded for them.
 
     For after an upgrade whose migration changes how tables are captured (``status`` names
     the tables). The excluded and masked columns are those recorded by the last ``track``, so
     that none is forgotten: tracking again by hand without ``exclude`` would start storing a
     column that was kept out. ``tables`` limits it to these, each of which must be tracked;
-    by default every tracked table. Each table is done in its own transaction. A tracked
-    table that no longer exists is an error, raised after the others are done.
+    by default every tracked table. Each table is done in its own transaction, and reported
+    to ``on_table`` when done. A tracked table that no longer exists is an error, raised
+    after the others are done.
     """
     _require_schema(conn, current=True)
     with conn.cursor(row_factory=dict_row) as cur:
@@ -232,6 +236,8 @@ def retrack(conn: psycopg.Connection[Any], tables: Iterable[str] = ()) -> tuple[
                           exclude=list(row["excluded"] or ()),
                           mask=list(row["masked"] or ()),
                           allow_no_primary_key=not row["key_columns"]))
+        if on_table is not None:
+            on_table(done[-1])
     if gone:
         raise TrackingError(f"tracked tables no longer exist: {', '.join(gone)}; "
                             "untrack them to stop status reporting them")

@@ -86,8 +86,8 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 def cmd_retrack(args: argparse.Namespace) -> int:
     with connect(args) as conn:
-        for tracked in retrack(conn, args.tables):
-            print(f"tracking again {_describe(tracked)}")
+        retrack(conn, args.tables,
+                on_table=lambda tracked: print(f"tracking again {_describe(tracked)}", flush=True))
     return 0
 
 
