@@ -16,11 +16,10 @@ Sinks: :class:`JsonlSink` appends one JSON object per line to a file and fsyncs 
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +27,7 @@ import structlog
 
 from audit_mw.errors import IntegrityError
 from audit_mw.integrity.canonical import encode_fields
-from audit_mw.integrity.keys import KeyRing
+from audit_mw.integrity.keys import KeyRing, authenticate, authentication_problem
 
 __all__ = [
     "Checkpoint",
@@ -78,14 +77,7 @@ class Checkpoint:
 
     def authenticated(self, keys: KeyRing) -> Checkpoint:
         """This checkpoint with its MAC (and signature, if a signing key is set)."""
-        kid, _ = keys.require_sealing_key()
-        unsigned = replace(self, key_id=kid)
-        message = unsigned.message()
-        mac = keys.mac(kid, message)
-        assert mac is not None  # require_sealing_key guarantees the key  # noqa: S101
-        signed = keys.sign(message)
-        return replace(unsigned, mac=mac, sig_key_id=signed[0] if signed else None,
-                       signature=signed[1] if signed else None)
+        return authenticate(self, keys)
 
     def problem(self, keys: KeyRing) -> tuple[str, str] | None:
         """``(kind, detail)`` if this checkpoint fails authentication, else ``None``.
@@ -93,23 +85,8 @@ class Checkpoint:
         With HMAC keys the MAC must verify; with public keys the signature must too. A key
         id that is not configured is ``unknown_key``: never accepted.
         """
-        message = self.message()
-        if keys.hmac_keys:
-            expected = keys.mac(self.key_id, message)
-            if expected is None:
-                return "unknown_key", f"checkpoint {self.seq}: unknown HMAC key id {self.key_id!r}"
-            if not hmac.compare_digest(expected, self.mac):
-                return "bad_checkpoint", f"checkpoint {self.seq}: HMAC does not match"
-        if keys.public_keys:
-            if self.signature is None or self.sig_key_id is None:
-                return "bad_checkpoint", f"checkpoint {self.seq}: not signed"
-            good = keys.check_signature(self.sig_key_id, message, self.signature)
-            if good is None:
-                return ("unknown_key",
-                        f"checkpoint {self.seq}: unknown signing key {self.sig_key_id!r}")
-            if not good:
-                return "bad_checkpoint", f"checkpoint {self.seq}: Ed25519 signature is invalid"
-        return None
+        found = authentication_problem(self, keys)
+        return None if found is None else (found[0], f"checkpoint {self.seq}: {found[1]}")
 
     def to_json(self) -> dict[str, Any]:
         """The checkpoint as one JSON object (the checkpoint file's line format)."""

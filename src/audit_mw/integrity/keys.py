@@ -21,7 +21,8 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -167,6 +168,62 @@ class KeyRing:
         except InvalidSignature:
             return False
         return True
+
+
+class SignedRecord(Protocol):
+    """A checkpoint-like record: its message names its HMAC key, and it carries the MAC and
+    the optional Ed25519 signature of that message."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def mac(self) -> bytes: ...
+    @property
+    def sig_key_id(self) -> str | None: ...
+    @property
+    def signature(self) -> bytes | None: ...
+    def message(self) -> bytes: ...
+
+
+_Record = TypeVar("_Record", bound=SignedRecord)
+
+
+def authenticate(record: _Record, keys: KeyRing) -> _Record:
+    """``record`` under the current HMAC key, with its MAC (and signature, if a key is set)."""
+    kid, _ = keys.require_sealing_key()
+    unsigned = replace(record, key_id=kid)
+    message = unsigned.message()
+    mac = keys.mac(kid, message)
+    assert mac is not None  # require_sealing_key guarantees the key  # noqa: S101
+    signed = keys.sign(message)
+    return replace(unsigned, mac=mac, sig_key_id=signed[0] if signed else None,
+                   signature=signed[1] if signed else None)
+
+
+def authentication_problem(record: SignedRecord, keys: KeyRing) -> tuple[str, str] | None:
+    """``(kind, what)`` when ``record`` fails authentication with ``keys``, else ``None``.
+
+    With HMAC keys the MAC must verify; with public keys the signature must too. A key id
+    that is not configured is ``unknown_key``: never accepted. Otherwise ``bad_checkpoint``.
+    """
+    message = record.message()
+    if keys.hmac_keys:
+        expected = keys.mac(record.key_id, message)
+        if expected is None:
+            return "unknown_key", f"unknown HMAC key id {record.key_id!r}"
+        if not hmac.compare_digest(expected, record.mac):
+            return "bad_checkpoint", "HMAC does not match"
+    if keys.public_keys:
+        if record.signature is None or record.sig_key_id is None:
+            return "bad_checkpoint", "not signed"
+        good = keys.check_signature(record.sig_key_id, message, record.signature)
+        if good is None:
+            return "unknown_key", f"unknown signing key {record.sig_key_id!r}"
+        if not good:
+            return "bad_checkpoint", "Ed25519 signature is invalid"
+    return None
 
 
 def generate_hmac_key(kid: str) -> str:

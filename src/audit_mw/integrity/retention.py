@@ -22,19 +22,18 @@ policy" to hide a deletion.
 
 from __future__ import annotations
 
-import hmac
 import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from audit_mw.errors import IntegrityError
 from audit_mw.integrity.canonical import encode_fields
 from audit_mw.integrity.checkpoints import append_json_lines
-from audit_mw.integrity.keys import KeyRing
+from audit_mw.integrity.keys import KeyRing, authenticate, authentication_problem
 
 __all__ = [
     "Retained",
@@ -93,31 +92,12 @@ class RetentionCheckpoint:
 
     def authenticated(self, keys: KeyRing) -> RetentionCheckpoint:
         """This record with its MAC (and signature, if a signing key is set)."""
-        kid, _ = keys.require_sealing_key()
-        unsigned = replace(self, key_id=kid)
-        message = unsigned.message()
-        mac = keys.mac(kid, message)
-        assert mac is not None  # require_sealing_key guarantees the key  # noqa: S101
-        signed = keys.sign(message)
-        return replace(unsigned, mac=mac, sig_key_id=signed[0] if signed else None,
-                       signature=signed[1] if signed else None)
+        return authenticate(self, keys)
 
     def problem(self, keys: KeyRing) -> str | None:
         """Why this record fails authentication, or ``None`` when it verifies."""
-        message = self.message()
-        if keys.hmac_keys:
-            expected = keys.mac(self.key_id, message)
-            if expected is None:
-                return f"retention checkpoint {self.seq}: unknown HMAC key id {self.key_id!r}"
-            if not hmac.compare_digest(expected, self.mac):
-                return f"retention checkpoint {self.seq}: HMAC does not match"
-        if keys.public_keys:
-            if self.signature is None or self.sig_key_id is None:
-                return f"retention checkpoint {self.seq}: not signed"
-            good = keys.check_signature(self.sig_key_id, message, self.signature)
-            if not good:
-                return f"retention checkpoint {self.seq}: signature is invalid or its key unknown"
-        return None
+        found = authentication_problem(self, keys)
+        return None if found is None else f"retention checkpoint {self.seq}: {found[1]}"
 
     def summary(self) -> dict[str, Any]:
         """What a verification result reports about this drop."""
