@@ -11,11 +11,15 @@ import os
 import platform
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from audit_mw.embedded import EmbeddedServer, bin_dir
+import psycopg
+from psycopg import sql
+
+from audit_mw.embedded import EmbeddedServer, bin_dir, resolve_dsn
 
 #: Server settings for the benchmarks. Checkpoints and autovacuum are kept out of the measured
 #: windows (the benchmarks checkpoint and vacuum between runs themselves); JIT is off so that
@@ -87,3 +91,30 @@ def machine() -> dict[str, Any]:
         "memory_gb": memory_gb,
         "python": platform.python_version(),
     }
+
+
+@contextlib.contextmanager
+def scratch_database(settings: dict[str, str]) -> Iterator[str]:
+    """The DSN of a new database, dropped afterwards: on ``DATABASE_URL``'s server when it is
+    set, else on an embedded server started in a temporary folder with ``settings``."""
+    external = resolve_dsn()
+    with contextlib.ExitStack() as stack:
+        if external:
+            admin = external
+        else:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="audit_mw_bench_"))
+            server = EmbeddedServer(Path(folder) / "data", settings=settings)
+            server.start()
+            stack.callback(server.destroy)
+            admin = server.dsn()
+        name = f"audit_mw_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        params = psycopg.conninfo.conninfo_to_dict(admin)
+        params["dbname"] = name
+        try:
+            yield psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items()})
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(name)))

@@ -34,8 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +54,11 @@ from audit_mw.admin.query import (
     parse_history_query,
     where_clause,
 )
-from audit_mw.embedded import EmbeddedServer, resolve_dsn
 from audit_mw.schema import install
+from bench._server import scratch_database
 
+#: The embedded server's settings when DATABASE_URL is not set: loading, not durability.
+ADMIN_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 READER = "audit_mw_bench_admin"
 KEY = ExportKey("bench", b"bench-key-0123456789abcdef012345")
 SECRET = b"bench-cursor-secret-0123456789ab"
@@ -93,31 +93,6 @@ EXPLAINS = {
     "action": "/events?action=UPDATE",
     "request id": "/events?request_id=req-4242",
 }
-
-
-@contextmanager
-def _database() -> Iterator[str]:
-    external = resolve_dsn()
-    server = None
-    if not external:
-        server = EmbeddedServer(Path(tempfile.mkdtemp(prefix="audit-mw-bench-")) / "data",
-                                settings={"fsync": "off", "synchronous_commit": "off",
-                                          "full_page_writes": "off"})
-        server.start()
-    admin_dsn = external or server.dsn()  # type: ignore[union-attr]
-    name = f"audit_mw_bench_{os.getpid()}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    params["dbname"] = name
-    try:
-        yield psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items()})
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-        if server is not None:
-            server.destroy()
 
 
 def _reader_dsn(dsn: str) -> str:
@@ -265,7 +240,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     """
     count = 20_000 if quick else 1_000_000
     rounds = 3 if quick else 40
-    with _database() as dsn:
+    with scratch_database(ADMIN_SETTINGS) as dsn:
         _prepare(dsn, count)
         rows, exported = asyncio.run(_latencies(dsn, count, rounds))
         rows.append({"name": "export (HTTP route, ndjson)", "metric": "throughput",

@@ -18,23 +18,19 @@ otherwise an embedded server in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import resource
 import statistics
-import tempfile
 import time
 import tracemalloc
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from audit_mw import _sql
-from audit_mw.embedded import EmbeddedServer, resolve_dsn
 from audit_mw.integrity import KeyRing, seal, verify
 from audit_mw.schema import install
+from bench._server import scratch_database
 
 TARGET_VERIFY_PER_S = 100_000
 TARGET_SECONDS_PER_MILLION = 15.0
@@ -54,31 +50,9 @@ FROM pg_catalog.generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
 
 
-@contextlib.contextmanager
-def _database() -> Iterator[str]:
-    external = resolve_dsn()
-    with contextlib.ExitStack() as stack:
-        if external:
-            admin = external
-        else:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="audit_mw_bench_"))
-            server = EmbeddedServer(f"{folder}/data", settings={
-                "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-                "shared_buffers": "256MB"})
-            server.start()
-            stack.callback(server.destroy)
-            admin = server.dsn()
-        name = f"audit_mw_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        params = psycopg.conninfo.conninfo_to_dict(admin)
-        params["dbname"] = name
-        try:
-            yield psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items()})
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))
+#: The embedded server's settings when DATABASE_URL is not set: loading, not durability.
+INTEGRITY_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                      "shared_buffers": "256MB"}
 
 
 def _generate(conn: psycopg.Connection[Any], first: int, last: int) -> None:
@@ -123,7 +97,7 @@ def run(quick: bool = False, entries: int | None = None) -> list[dict[str, Any]]
     rounds = 3
     tenth = max(total // 10, 1)
     results: list[dict[str, Any]] = []
-    with _database() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+    with scratch_database(INTEGRITY_SETTINGS) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         install(conn)
         # A tenth first: its verify memory is the reference the full trail must not outgrow.
         _generate(conn, 1, tenth)

@@ -31,11 +31,8 @@ import argparse
 import datetime as dt
 import os
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -44,13 +41,16 @@ from psycopg import sql
 
 from audit_mw import _sql
 from audit_mw.admin.query import COUNT_CAP, CursorCodec, parse_event_query, where_clause
-from audit_mw.embedded import EmbeddedServer, resolve_dsn
 from audit_mw.integrity import KeyRing, seal
 from audit_mw.partitions import create_partition, ensure_partitions
 from audit_mw.retention import apply_retention, parse_policy
 from audit_mw.schema import install
 from audit_mw.tracking import track
+from bench._server import scratch_database
 
+#: The embedded server's settings when DATABASE_URL is not set: loading, not durability.
+SCALING_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+                    "max_wal_size": "4GB", "maintenance_work_mem": "256MB"}
 KEYS = KeyRing.build({"bench": b"b" * 32}, current_kid="bench")
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 MONTHS = 24
@@ -79,33 +79,6 @@ INSERT INTO {table} (id, customer, total, status, note)
 SELECT g, 'customer ' || (g %% 500), g %% 997, 'open', 'order placed through the web shop'
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
-
-
-@contextmanager
-def _database() -> Iterator[str]:
-    external = resolve_dsn()
-    server = None
-    if not external:
-        server = EmbeddedServer(Path(tempfile.mkdtemp(prefix="audit-mw-bench-")) / "data",
-                                settings={"fsync": "off", "synchronous_commit": "off",
-                                          "full_page_writes": "off",
-                                          "max_wal_size": "4GB",
-                                          "maintenance_work_mem": "256MB"})
-        server.start()
-    admin_dsn = external or server.dsn()  # type: ignore[union-attr]
-    name = f"audit_mw_bench_scaling_{os.getpid()}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    params["dbname"] = name
-    try:
-        yield psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items()})
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-        if server is not None:
-            server.destroy()
 
 
 def _months() -> list[tuple[dt.datetime, dt.datetime]]:
@@ -269,7 +242,7 @@ def run(quick: bool = False, events: int | None = None) -> list[dict[str, Any]]:
     """Load ``events`` rows and measure; returns one dict per figure."""
     events = events or (20_000 if quick else 10_000_000)
     rounds = 5 if quick else 40
-    with _database() as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+    with scratch_database(SCALING_SETTINGS) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         with psycopg.connect(dsn) as installer:
             install(installer)
         for lo, hi in _months():
