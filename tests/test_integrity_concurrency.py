@@ -96,3 +96,40 @@ def test_concurrent_writers_and_sealers_never_fork(
     assert result.checked == sum(committed)
     assert result.unsealed == 0
     assert result.checkpoints > 2
+
+
+class _WriterSink:
+    """A checkpoint sink that commits one more event each time a checkpoint is written:
+    writers that always keep one batch ahead of the sealer."""
+
+    def __init__(self, dsn: str, first: int) -> None:
+        self.dsn = dsn
+        self.next = first
+        self.writes = 0
+
+    def write(self, checkpoints: Any) -> None:
+        self.writes += 1
+        if self.writes > 50:
+            raise RuntimeError("seal kept chasing the writers")
+        with psycopg.connect(self.dsn, autocommit=True) as other:
+            app_event(other, self.next)
+        self.next += 1
+
+
+def test_a_seal_run_ends_while_writers_keep_up(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    for n in range(1, 4):
+        app_event(conn, n)
+    writer = _WriterSink(dsn, first=100)
+
+    first = seal(conn, KEYS, sinks=[writer], batch_size=1)
+    # The three events there when the run began, one checkpoint each; the three committed
+    # during the run wait for the next one.
+    assert (first.sealed, len(first.checkpoints), first.head_position) == (3, 3, 3)
+    assert conn.execute("SELECT count(*) FROM audit.events").fetchone() == (6,)
+
+    second = seal(conn, KEYS, batch_size=1)
+    assert (second.sealed, second.head_position) == (3, 6)
+    result = verify(conn, KEYS)  # no checkpoint file here, so "unanchored"
+    assert (result.status, result.checked, result.unsealed) == ("valid_unanchored", 6, 0)

@@ -110,6 +110,9 @@ def seal(
 ) -> SealResult:
     """Seal every event that can be sealed now; one checkpoint per batch of ``batch_size``.
 
+    "Now" is the start of the run: events that become sealable while it runs are left to the
+    next one, so a run ends even while writers keep committing.
+
     ``keys`` defaults to :meth:`KeyRing.from_env`; without an HMAC key this raises
     :class:`~audit_mw.errors.ConfigurationError` before touching anything. ``conn`` must not
     be inside a transaction: each batch is its own. ``sinks`` get every new checkpoint after
@@ -147,17 +150,20 @@ def _seal_locked(
     head_position = 0
     chain_id: str | None = None
     batches = 0
-    first = True
+    # Fixed by the first batch's snapshot: without it, a run under steady writes that
+    # outpace one batch would never return (and never let a BackgroundSealer stop).
+    horizon: Any = None
     while max_batches is None or batches < max_batches:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(_sql.query("integrity", "repeatable_read"))
             chain_id, head, last_cp = _state(cur, keys)
-            if first:
+            if horizon is None:
                 _catch_up_sinks(cur, sinks, chain_id, last_cp)
-                first = False
+                row = cur.execute(_sql.query("integrity", "seal_horizon")).fetchone()
+                horizon = row["horizon"] if row else None
             head_position = head["position"] if head else 0
             cp = _seal_batch(conn, cur, keys=keys, chain_id=chain_id, head=head,
-                             last_cp=last_cp, batch_size=batch_size)
+                             last_cp=last_cp, batch_size=batch_size, horizon=horizon)
         if cp is None:
             break
         batches += 1
@@ -256,13 +262,14 @@ def _seal_batch(
     head: dict[str, Any] | None,
     last_cp: Checkpoint | None,
     batch_size: int,
+    horizon: Any,
 ) -> Checkpoint | None:
     after = (head["event_txid"], head["event_id"]) if head else _ORDER_START
     with conn.cursor() as rows_cur:
         rows_cur.execute(
             _sql.query("integrity", "sealable").format(
                 columns=_columns_sql(), content=_sql.query("integrity", "content_bytes")),
-            {"txid": after[0], "id": after[1], "limit": batch_size})
+            {"txid": after[0], "id": after[1], "limit": batch_size, "horizon": horizon})
         rows = rows_cur.fetchall()
     if not rows:
         return None

@@ -165,15 +165,21 @@ INSERT INTO audit.checkpoints (seq, chain_id, position, entry_count, head_hash,
 VALUES (%(seq)s, %(chain_id)s, %(position)s, %(count)s, %(head)s, %(last_event_id)s,
         %(created_at)s, %(key_id)s, %(mac)s, %(sig_key_id)s, %(signature)s);
 
+-- name: seal_horizon
+-- Where one seal run stops: this snapshot's xmin. Everything below it is final, and a run
+-- that stops here ends even while writers keep committing.
+SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) AS horizon;
+
 -- name: sealable
 -- The next events in chain order that can no longer change: committed (or aborted) before
--- every transaction still running, i.e. below this snapshot's xmin. Runs under REPEATABLE
--- READ, so the xmin and the rows come from one snapshot.
+-- every transaction still running, i.e. below this snapshot's xmin, and below the run's
+-- horizon. Runs under REPEATABLE READ, so the xmin and the rows come from one snapshot.
 SELECT t.id, t.txid, {content} AS content
 FROM (SELECT {columns}, e.txid AS order_txid
       FROM audit.events AS e
       WHERE (e.txid, e.id) > (%(txid)s::xid8, %(id)s)
         AND e.txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
+        AND e.txid < %(horizon)s::xid8
       ORDER BY e.txid, e.id
       LIMIT %(limit)s) AS t
 ORDER BY t.order_txid, t.id;
