@@ -217,7 +217,7 @@ def _explain(dsn: str) -> dict[str, str]:
             if route.startswith("/records/"):
                 _, _, table, record = route.split("/")
                 parse_history_query(table, record, items, codec)  # type: ignore[arg-type]
-                statement = _sql.query("admin", "record_history")
+                statement: sql.Composable = _sql.query("admin", "record_history")
                 params: dict[str, Any] = {"table": table, "record_id": record,
                                           "schema": None, "after_id": 0, "limit": 201}
             else:

@@ -32,7 +32,7 @@ import datetime as dt
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -163,7 +163,7 @@ def _timed(conn: psycopg.Connection[Any], run: Callable[[psycopg.Cursor[Any]], N
         return (time.perf_counter() - started) * 1000
 
 
-def _events_page(filters: dict[str, Any], before_id: int | None
+def _events_page(filters: Mapping[str, Any], before_id: int | None
                  ) -> Callable[[psycopg.Cursor[Any]], None]:
     where, params = where_clause(filters, before_id=before_id)
     count_where, count_params = where_clause(filters)
