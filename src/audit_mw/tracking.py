@@ -87,12 +87,10 @@ def _pg_text_array(values: Sequence[str]) -> str:
 
 
 def _require_schema(conn: psycopg.Connection[Any], *, current: bool = False) -> None:
-    from audit_mw._sql import migrations  # noqa: PLC0415 - avoid a cycle at import time
-
     version = installed_version(conn)
     if version == 0:
         raise SchemaError("the audit schema is not installed here; run `audit-mw install` first")
-    latest = migrations()[-1].version
+    latest = _sql.migrations()[-1].version
     if current and version < latest:
         # The triggers track() creates call functions that older schema versions lack.
         raise SchemaError(f"the audit schema here is version {version}, older than this "
@@ -291,9 +289,7 @@ def status(conn: psycopg.Connection[Any]) -> Status:
     and for the schema, whether the version is the latest, every function is unchanged and
     the append-only guards are in place and enabled. Read-only.
     """
-    from audit_mw._sql import migrations  # noqa: PLC0415 - avoid a cycle at import time
-
-    latest = migrations()[-1].version
+    latest = _sql.migrations()[-1].version
     version = installed_version(conn)
     if version == 0:
         return Status(0, latest, None, problems=("the audit schema is not installed",))
