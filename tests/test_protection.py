@@ -82,7 +82,8 @@ def test_app_role_does_not_own_the_audit_schema(conn: Conn) -> None:
         WHERE pronamespace = 'audit'::regnamespace
         UNION SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'audit'
     """).fetchall()
-    assert owners == [("audit_owner",)]
+    # audit_capture owns the capture functions (and nothing else; see test_escalation.py).
+    assert owners == [("audit_capture",), ("audit_owner",)]
     member = conn.execute(
         "SELECT pg_has_role('audit_mw_test_app', 'audit_owner', 'MEMBER')").fetchone()
     assert member == (False,)

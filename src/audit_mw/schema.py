@@ -12,6 +12,10 @@ The privilege model (see ``docs/index.md``):
 - ``audit_reader`` (NOLOGIN) may read the trail; grant it to the roles of the admin routes.
 - ``audit_writer`` (NOLOGIN) may record application events through the functions made for
   it; it never gets INSERT on the table. Grant it to the application role.
+- ``audit_capture`` (NOLOGIN) owns the capture functions, which run with its rights: it may
+  only INSERT into ``audit.events``. It owns no table and may CREATE nowhere, so nothing that
+  runs inside capture can reach the guards, the functions or the schema (see
+  ``docs/threat-model.md``). Grant it to nobody.
 
 These roles are created when the installing role may create roles (a superuser, or a role
 with CREATEROLE). Otherwise the installing role owns the schema, and :func:`status` says so.
@@ -34,6 +38,7 @@ from audit_mw.errors import SchemaError
 __all__ = [
     "OWNER_ROLE",
     "READER_ROLE",
+    "CAPTURE_ROLE",
     "WRITER_ROLE",
     "InstallResult",
     "install",
@@ -44,6 +49,13 @@ __all__ = [
 OWNER_ROLE = "audit_owner"
 READER_ROLE = "audit_reader"
 WRITER_ROLE = "audit_writer"
+CAPTURE_ROLE = "audit_capture"
+
+#: The trigger functions owned by (and so run as) CAPTURE_ROLE.
+CAPTURE_FUNCTIONS = (
+    "audit.capture_insert()", "audit.capture_delete()", "audit.capture_update()",
+    "audit.capture_update_rows()", "audit.capture_truncate()",
+)
 
 #: The oldest server the SQL is written for (identity columns on a partitioned table: 17).
 MIN_SERVER_VERSION = 170000
@@ -112,6 +124,11 @@ def install(
             cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
         cur.execute(_sql.query("install", "create_migrations_table"))
         pending = _pending(cur)
+        if pending and may_create_roles:
+            # Migrations run as the owner, which must own what they replace.
+            cur.execute("RESET ROLE")
+            cur.execute(_sql.query("install", "capture_functions_to_owner"))
+            cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
         if pending:
             # Refuse to build on functions someone changed: an upgrade re-records the
             # hashes, and must not launder a tampered definition into the new baseline.
@@ -125,6 +142,7 @@ def install(
         cur.execute("RESET ROLE")
 
         if may_create_roles:
+            _hand_capture_to_its_role(cur, bool(facts["is_superuser"]))
             cur.execute(_sql.query("install", "grant_privileges").format(
                 reader=sql.Identifier(READER_ROLE), writer=sql.Identifier(WRITER_ROLE)))
             for grantee in writer_roles:
@@ -166,13 +184,30 @@ def pinned_search_path(cur: psycopg.Cursor[dict[str, object]]) -> Iterator[None]
 
 def _ensure_roles(cur: psycopg.Cursor[dict[str, object]], _: bool) -> tuple[str, ...]:
     created = []
-    for role in (OWNER_ROLE, READER_ROLE, WRITER_ROLE):
+    for role in (OWNER_ROLE, READER_ROLE, WRITER_ROLE, CAPTURE_ROLE):
         cur.execute(_sql.query("install", "role_exists"), {"role": role})
         row = cur.fetchone()
         if row and not next(iter(row.values())):
             cur.execute(_sql.query("install", "create_role").format(role=sql.Identifier(role)))
             created.append(role)
     return tuple(created)
+
+
+def _hand_capture_to_its_role(cur: psycopg.Cursor[dict[str, object]], superuser: bool) -> None:
+    """Make CAPTURE_ROLE own the capture functions, with INSERT on audit.events only.
+
+    A non-superuser installer must be a member of the new owner, and the new owner needs
+    CREATE on the schema at the moment of the change; it is revoked right after, so the
+    capture role never keeps it.
+    """
+    capture = sql.Identifier(CAPTURE_ROLE)
+    if not superuser:
+        cur.execute(_sql.query("install", "grant_role_to_current").format(role=capture))
+    cur.execute(_sql.query("install", "capture_privileges").format(capture=capture))
+    for function in CAPTURE_FUNCTIONS:
+        cur.execute(_sql.query("install", "function_owner").format(
+            function=sql.SQL(function), owner=capture))
+    cur.execute(_sql.query("install", "revoke_capture_create").format(capture=capture))
 
 
 def _pending(cur: psycopg.Cursor[dict[str, object]]) -> list[_sql.Migration]:

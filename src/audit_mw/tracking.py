@@ -21,10 +21,16 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from audit_mw import _sql
+from audit_mw import _shipped, _sql
 from audit_mw.errors import SchemaError, TrackingError
 from audit_mw.partitions import partition_guard_problems
-from audit_mw.schema import GUARD_PREFIX, installed_version, pinned_search_path
+from audit_mw.schema import (
+    CAPTURE_FUNCTIONS,
+    CAPTURE_ROLE,
+    GUARD_PREFIX,
+    installed_version,
+    pinned_search_path,
+)
 
 __all__ = ["TableStatus", "TrackedTable", "retrack", "status", "track", "untrack"]
 
@@ -34,6 +40,8 @@ _STATES = {"O": "fires only in origin mode (session_replication_role = replica s
            "R": "fires only in replica mode", "D": "is disabled"}
 #: The schema version from which audit.events is partitioned (each partition has guards).
 PARTITIONED_SINCE = 6
+#: The schema version from which capture runs as its own role and follows renamed columns.
+ROLES_SINCE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,8 @@ class Status:
     owner: str | None
     tables: tuple[TableStatus, ...] = ()
     problems: tuple[str, ...] = field(default=())
+    #: What status cannot see, said once per run (it does not make ``ok`` False).
+    notes: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -139,9 +149,28 @@ def track(
     excluded = tuple(dict.fromkeys(exclude))
     masked = tuple(dict.fromkeys(mask))
     _require_schema(conn, current=True)
+    try:
+        return _track(conn, table, excluded, masked, allow_no_primary_key)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise TrackingError(
+            f"this role may not track {table!r}: {exc.diag.message_primary}; track runs as "
+            "a superuser or a member of audit_owner that owns the table (the capture "
+            "triggers run audit functions that the audited roles may not call)") from None
+
+
+def _track(
+    conn: psycopg.Connection[Any], table: str, excluded: tuple[str, ...],
+    masked: tuple[str, ...], allow_no_primary_key: bool,
+) -> TrackedTable:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("install", "lock"))
         info = _resolve(cur, table)
+        cur.execute(_sql.query("track", "may_track"))
+        allowed = cur.fetchone()
+        if not allowed or not allowed["allowed"]:
+            raise TrackingError(
+                f"this role may not track {table!r}: it may not execute the audit capture "
+                "functions; run track as a superuser or a member of audit_owner")
         cur.execute(_sql.query("track", "table_columns"), {"oid": info["oid"]})
         columns = [str(r["name"]) for r in cur.fetchall()]
         cur.execute(_sql.query("track", "primary_key_columns"), {"oid": info["oid"]})
@@ -166,17 +195,28 @@ def track(
         both = set(excluded) & set(masked)
         if both:
             raise TrackingError(f"columns {sorted(both)} are both excluded and masked; pick one")
+        unsafe = _unsafe_casts(cur, info["oid"])
+        if unsafe:
+            raise TrackingError(f"{qualified} cannot be tracked: {unsafe[0]}")
 
+        relations = [(str(info["schema_name"]), str(info["table_name"]), info["oid"])]
+        cur.execute(_sql.query("track", "partitions"), {"oid": info["oid"]})
+        relations += [(str(r["schema_name"]), str(r["table_name"]), r["oid"])
+                      for r in cur.fetchall()]
+        for schema_name, table_name, oid in relations:
+            target = sql.Identifier(schema_name, table_name)
+            cur.execute(_sql.query("track", "drop_triggers").format(table=target))
+            cur.execute(_sql.query("track", "create_triggers").format(
+                table=target,
+                keys=sql.Literal(_pg_text_array(keys)),
+                excluded=sql.Literal(_pg_text_array(excluded)),
+                masked=sql.Literal(_pg_text_array(masked)),
+                schema_name=sql.Literal(str(info["schema_name"])),
+                table_name=sql.Literal(str(info["table_name"])),
+                excluded_nums=sql.Literal(_attnums(cur, oid, excluded)),
+                masked_nums=sql.Literal(_attnums(cur, oid, masked)),
+            ))
         target = sql.Identifier(str(info["schema_name"]), str(info["table_name"]))
-        cur.execute(_sql.query("track", "drop_triggers").format(table=target))
-        cur.execute(_sql.query("track", "create_triggers").format(
-            table=target,
-            keys=sql.Literal(_pg_text_array(keys)),
-            excluded=sql.Literal(_pg_text_array(excluded)),
-            masked=sql.Literal(_pg_text_array(masked)),
-            schema_name=sql.Literal(str(info["schema_name"])),
-            table_name=sql.Literal(str(info["table_name"])),
-        ))
         with pinned_search_path(cur):
             cur.execute(_sql.query("track", "table_triggers"), {"oid": info["oid"]})
             installed = cur.fetchall()
@@ -187,12 +227,31 @@ def track(
                 table=target,
                 comment=sql.Literal(f"audit_mw capture trigger; set hash {trigger_hash}"),
             ))
+        cur.execute(_sql.query("track", "delete_renamed_tracked"), {
+            "oid": info["oid"], "schema_name": info["schema_name"],
+            "table_name": info["table_name"]})
         cur.execute(_sql.query("track", "upsert_tracked"), {
             "schema_name": info["schema_name"], "table_name": info["table_name"],
             "key_columns": list(keys), "excluded": list(excluded), "masked": list(masked),
-            "trigger_hash": trigger_hash,
+            "trigger_hash": trigger_hash, "oid": info["oid"],
         })
     return TrackedTable(str(info["schema_name"]), str(info["table_name"]), keys, excluded, masked)
+
+
+def _attnums(cur: psycopg.Cursor[dict[str, object]], oid: object, names: Sequence[str]) -> str:
+    if not names:
+        return "{}"
+    cur.execute(_sql.query("track", "attnums"), {"oid": oid, "names": list(names)})
+    row = cur.fetchone()
+    return str(row["nums"]) if row else "{}"
+
+
+def _unsafe_casts(cur: psycopg.Cursor[dict[str, object]], oid: object) -> list[str]:
+    """Casts to json that a non-superuser wrote on a type of the table, as sentences."""
+    cur.execute(_sql.query("track", "unsafe_casts"), {"oid": oid})
+    return [f"column {r['column_name']} has type {r['type_name']} with a cast to json by "
+            f"role {r['function_owner']} ({r['cast_function']}), which capture would have to "
+            "run; writes to it are refused until the cast is dropped" for r in cur.fetchall()]
 
 
 def retrack(
@@ -211,14 +270,17 @@ def retrack(
     """
     _require_schema(conn, current=True)
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_sql.query("track", "tracked_tables"))
+        cur.execute(_sql.query("track", "tracked_tables_v8"))
         recorded = {(str(r["schema_name"]), str(r["table_name"])): r for r in cur.fetchall()}
         wanted = list(recorded)
         if tables:
             wanted = []
+            renamed = {str(r["renamed_to"]): k for k, r in recorded.items() if r["renamed_to"]}
             for name in tables:
                 info = _resolve(cur, name)
                 key = (str(info["schema_name"]), str(info["table_name"]))
+                new_name = sql.Identifier(*key).as_string(cur.connection)
+                key = renamed.get(new_name, key)
                 if key not in recorded:
                     raise TrackingError(f"table {key[0]}.{key[1]} is not tracked; "
                                         "use track to start capturing it")
@@ -227,10 +289,13 @@ def retrack(
     gone: list[str] = []
     for key in wanted:
         row = recorded[key]
-        if row["oid"] is None:
+        name = sql.Identifier(*key).as_string(conn)
+        if row["oid"] is None and row.get("renamed_to"):
+            name = str(row["renamed_to"])  # the same table under its new name
+        elif row["oid"] is None:
             gone.append(f"{key[0]}.{key[1]}")
             continue
-        done.append(track(conn, sql.Identifier(*key).as_string(conn),
+        done.append(track(conn, name,
                           exclude=list(row["excluded"] or ()),
                           mask=list(row["masked"] or ()),
                           allow_no_primary_key=not row["key_columns"]))
@@ -257,10 +322,15 @@ def untrack(conn: psycopg.Connection[Any], table: str) -> None:
             if not _forget_dropped(cur, table):
                 raise
             return
-        target = sql.Identifier(str(info["schema_name"]), str(info["table_name"]))
-        cur.execute(_sql.query("track", "drop_triggers").format(table=target))
+        cur.execute(_sql.query("track", "partitions"), {"oid": info["oid"]})
+        relations = [(info["schema_name"], info["table_name"])]
+        relations += [(r["schema_name"], r["table_name"]) for r in cur.fetchall()]
+        for schema_name, table_name in relations:
+            target = sql.Identifier(str(schema_name), str(table_name))
+            cur.execute(_sql.query("track", "drop_triggers").format(table=target))
         cur.execute(_sql.query("track", "delete_tracked"),
-                    {"schema_name": info["schema_name"], "table_name": info["table_name"]})
+                    {"schema_name": info["schema_name"], "table_name": info["table_name"],
+                     "oid": info["oid"]})
         if cur.rowcount == 0:
             raise TrackingError(f"table {info['schema_name']}.{info['table_name']} "
                                 "is not tracked")
@@ -282,12 +352,17 @@ def _forget_dropped(cur: psycopg.Cursor[dict[str, object]], name: str) -> bool:
     return cur.rowcount == 1
 
 
-def status(conn: psycopg.Connection[Any]) -> Status:
-    """Compare the installed audit objects with what the package installed.
+def status(conn: psycopg.Connection[Any], *, app_role: str | None = None) -> Status:
+    """Compare the installed audit objects with what the package ships.
 
-    Reports, per tracked table, whether its four triggers are present, enabled and current,
-    and for the schema, whether the version is the latest, every function is unchanged and
-    the append-only guards are in place and enabled. Read-only.
+    Reports, per tracked table, whether its four triggers are present, enabled and current
+    on the table and on each of its partitions, whether it was renamed, and whether a type
+    it is made of carries a cast that capture would refuse to run. For the schema: whether
+    the version is the latest; every function, trigger and object of schema ``audit``
+    against the fingerprints shipped inside the package for that version (and against
+    ``audit.object_hashes``); who owns the capture functions; the append-only guards.
+    With ``app_role`` (the role the application connects as), also whether that role is a
+    superuser or owns a tracked table, a type one is made of, or the audit schema. Read-only.
     """
     latest = _sql.migrations()[-1].version
     version = installed_version(conn)
@@ -307,10 +382,89 @@ def status(conn: psycopg.Connection[Any]) -> Status:
         problems += _guard_problems(cur)
         if version >= PARTITIONED_SINCE:
             problems += partition_guard_problems(cur)
-        cur.execute(_sql.query("track", "tracked_tables"))
+        capture_role = _capture_role(cur, owner)
+        problems += _shipped_problems(cur, version, capture_role)
+        if version >= ROLES_SINCE:
+            problems += _owner_problems(cur, owner, capture_role)
+        cur.execute(_sql.query(
+            "track", "tracked_tables_v8" if version >= ROLES_SINCE else "tracked_tables"))
         for tracked in cur.fetchall():
-            tables.append(_table_status(cur, tracked))
-    return Status(version, latest, owner, tuple(tables), tuple(problems))
+            tables.append(_table_status(cur, tracked, version))
+        if app_role is not None:
+            problems += _app_role_problems(cur, app_role)
+    notes = ("DDL on tracked tables is not watched: a trigger disabled, used and enabled "
+             "again between two status runs leaves no trace (see docs/threat-model.md)",)
+    return Status(version, latest, owner, tuple(tables), tuple(problems), notes)
+
+
+def _capture_role(cur: psycopg.Cursor[dict[str, object]], owner: str | None) -> str:
+    cur.execute(_sql.query("install", "capture_role_exists"), {"role": CAPTURE_ROLE})
+    row = cur.fetchone()
+    return CAPTURE_ROLE if row and row["present"] else str(owner)
+
+
+def _shipped_problems(
+    cur: psycopg.Cursor[dict[str, object]], version: int, capture_role: str
+) -> list[str]:
+    """The schema against what the package ships for its version (not what it recorded)."""
+    expected = _shipped.shipped(version)
+    if expected is None:
+        return [f"this package ships no description of schema version {version}; "
+                "use the audit_mw release that installed it"]
+    actual = _shipped.snapshot(cur, capture_role)
+    problems = []
+    for name in sorted(expected.functions.keys() - actual.functions.keys()):
+        problems.append(f"function {name} that audit_mw ships is missing")
+    for name in sorted(actual.functions.keys() - expected.functions.keys()):
+        problems.append(f"function {name} in schema audit was not shipped by audit_mw")
+    for name in sorted(expected.functions.keys() & actual.functions.keys()):
+        if expected.functions[name] != actual.functions[name]:
+            problems.append(f"function {name} differs from what audit_mw ships (its body, "
+                            "language, SECURITY DEFINER, settings or signature changed)")
+    for name in sorted(expected.triggers.keys() - actual.triggers.keys()):
+        problems.append(f"trigger {name} that audit_mw ships on schema audit is missing")
+    for name in sorted(actual.triggers.keys() - expected.triggers.keys()):
+        problems.append(f"trigger {name} on schema audit was not shipped by audit_mw")
+    for name in sorted(expected.triggers.keys() & actual.triggers.keys()):
+        if expected.triggers[name] != actual.triggers[name]:
+            problems.append(f"trigger {name} differs from what audit_mw ships "
+                            "(its definition or its ENABLE ALWAYS state)")
+    for name in sorted(set(actual.objects) - set(expected.objects)):
+        problems.append(f"{name.replace(':', ' ', 1)} in schema audit was not created "
+                        "by audit_mw")
+    for name in sorted(set(expected.objects) - set(actual.objects)):
+        problems.append(f"{name.replace(':', ' ', 1)} that audit_mw ships is missing")
+    return problems
+
+
+def _owner_problems(
+    cur: psycopg.Cursor[dict[str, object]], owner: str | None, capture_role: str
+) -> list[str]:
+    """Capture runs as the capture role; everything else belongs to the schema owner."""
+    cur.execute(_sql.query("install", "shipped_functions"))
+    problems = []
+    for row in cur.fetchall():
+        name, actual = str(row["name"]), str(row["owner"])
+        wanted = capture_role if name in CAPTURE_FUNCTIONS else owner
+        if actual != wanted:
+            problems.append(f"function {name} is owned by {actual}, not {wanted}: it runs "
+                            "with that role's rights")
+    return problems
+
+
+def _app_role_problems(cur: psycopg.Cursor[dict[str, object]], role: str) -> list[str]:
+    """The preconditions of most attacks on the trail, for the application's role."""
+    cur.execute(_sql.query("track", "app_role_facts"), {"role": role})
+    row = cur.fetchone()
+    if row is None or row["exists"] is False:
+        return [f"application role {role} does not exist"]
+    problems = []
+    if row["superuser"]:
+        problems.append(f"application role {role} is a superuser: it can change anything, "
+                        "the trail included")
+    for what in row["owns"] or ():  # type: ignore[attr-defined]
+        problems.append(f"application role {role} owns {what}")
+    return problems
 
 
 def _guard_problems(cur: psycopg.Cursor[dict[str, object]]) -> list[str]:
@@ -349,9 +503,13 @@ def _function_problems(cur: psycopg.Cursor[dict[str, object]]) -> list[str]:
 
 
 def _table_status(
-    cur: psycopg.Cursor[dict[str, object]], tracked: dict[str, object]
+    cur: psycopg.Cursor[dict[str, object]], tracked: dict[str, object], version: int
 ) -> TableStatus:
     name = f"{tracked['schema_name']}.{tracked['table_name']}"
+    if tracked["oid"] is None and tracked.get("renamed_to"):
+        return TableStatus(name, (
+            f"table was renamed to {tracked['renamed_to']}; its rows are still recorded "
+            f"under the old name: run `audit-mw retrack`",))
     if tracked["oid"] is None:
         return TableStatus(name, ("table no longer exists",))
     cur.execute(_sql.query("track", "table_triggers"), {"oid": tracked["oid"]})
@@ -369,9 +527,26 @@ def _table_status(
         problems.append("trigger audit_mw_update is the row-level UPDATE capture of schema "
                         "versions before 7, which misses rows that an UPDATE moves between "
                         "partitions; run `audit-mw retrack`")
+    insert = present.get("audit_mw_insert")
+    if version >= ROLES_SINCE and insert is not None and int(str(insert["nargs"])) < 7:
+        problems.append("triggers exclude and mask columns by name only (tracked before "
+                        "schema version 8): a renamed column would be stored; run "
+                        "`audit-mw retrack`")
     if not problems:
         current = _hash_triggers(str(t["definition"]) for t in triggers)
         if current != tracked["trigger_hash"]:
             problems.append("triggers differ from the ones audit_mw created "
                             "(outdated or changed); run `audit-mw retrack`")
+    if version >= ROLES_SINCE:
+        problems += _unsafe_casts(cur, tracked["oid"])
+    cur.execute(_sql.query("track", "partitions"), {"oid": tracked["oid"]})
+    for part in cur.fetchall():
+        cur.execute(_sql.query("track", "table_triggers"), {"oid": part["oid"]})
+        states = {str(t["name"]): str(t["enabled"]) for t in cur.fetchall()}
+        missing = [t for t in TRIGGER_NAMES if states.get(t) != "A"]
+        if missing:
+            problems.append(f"partition {part['schema_name']}.{part['table_name']} has no "
+                            f"working capture ({', '.join(missing)} missing or not ENABLE "
+                            "ALWAYS): writes aimed at it are not recorded; run "
+                            "`audit-mw retrack`")
     return TableStatus(name, tuple(problems))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -44,6 +45,10 @@ def register(commands: Any) -> None:
     p = commands.add_parser(
         "status", help="check the installed schema and triggers; exit 1 if anything is off")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--app-role", metavar="ROLE",
+                   help="the role the application connects as; status reports it if it is a "
+                        "superuser or owns a tracked table, a type one uses, or the audit "
+                        "schema (default: AUDIT_APP_ROLE)")
     p.set_defaults(handler=cmd_status)
 
 
@@ -116,14 +121,16 @@ def _status_dict(result: Status) -> dict[str, object]:
         "latest_version": result.latest_version,
         "owner": result.owner,
         "problems": list(result.problems),
+        "notes": list(result.notes),
         "tables": [{"table": t.table, "ok": t.ok, "problems": list(t.problems)}
                    for t in result.tables],
     }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    app_role = args.app_role or os.environ.get("AUDIT_APP_ROLE") or None
     with connect(args) as conn:
-        result = status(conn)
+        result = status(conn, app_role=app_role)
     if args.json:
         print(json.dumps(_status_dict(result), indent=2))
         return 0 if result.ok else 1
@@ -138,5 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {table.table}: ok")
         for problem in table.problems:
             print(f"  {table.table}: PROBLEM: {problem}")
+    for note in result.notes:
+        print(f"  note: {note}")
     print("status: ok" if result.ok else "status: NOT OK")
     return 0 if result.ok else 1

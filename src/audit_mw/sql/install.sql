@@ -96,3 +96,78 @@ ORDER BY 1;
 -- name: schema_owner
 SELECT pg_catalog.pg_get_userbyid(n.nspowner) AS owner
 FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'audit';
+
+-- name: capture_functions_to_owner
+-- Before migrations run (as the owner): the capture functions go back to the schema owner,
+-- who replaces them; install hands them to the capture role again afterwards.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc AS p
+             WHERE p.pronamespace = 'audit'::regnamespace
+               AND p.proowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'audit_capture')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO audit_owner', f);
+    END LOOP;
+END
+$$;
+
+-- name: capture_privileges
+-- The capture role may insert into the trail, and nothing else (CREATE only for the moment
+-- it takes over its functions; revoke_capture_create takes it back).
+GRANT USAGE, CREATE ON SCHEMA audit TO {capture};
+GRANT INSERT ON audit.events TO {capture};
+GRANT EXECUTE ON FUNCTION audit.column_type_tree(regclass), audit.unsafe_casts(regclass),
+    audit.refuse_unsafe_casts(regclass) TO {capture};
+
+-- name: function_owner
+ALTER FUNCTION {function} OWNER TO {owner};
+
+-- name: revoke_capture_create
+REVOKE CREATE ON SCHEMA audit FROM {capture};
+
+-- name: shipped_functions
+-- Each function of the audit schema with a fingerprint of everything that decides what it
+-- does and with whose rights: body, language, kind, SECURITY DEFINER, strictness,
+-- volatility, settings (search_path), arguments and result. Compared with the fingerprints
+-- shipped in the package (sql/shipped.json), not with anything the database stores.
+SELECT p.oid::regprocedure::text AS name,
+       pg_catalog.md5(pg_catalog.concat_ws('|', p.prosrc, l.lanname, p.prokind::text,
+           p.prosecdef::text, p.proleakproof::text, p.proisstrict::text, p.provolatile::text,
+           p.proparallel::text, pg_catalog.array_to_string(p.proconfig, ','),
+           pg_catalog.pg_get_function_result(p.oid),
+           pg_catalog.pg_get_function_identity_arguments(p.oid))) AS fingerprint,
+       pg_catalog.pg_get_userbyid(p.proowner) AS owner
+FROM pg_catalog.pg_proc AS p
+JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+WHERE p.pronamespace = 'audit'::regnamespace
+ORDER BY 1;
+
+-- name: shipped_triggers
+-- Every trigger on the audit schema's own tables (partitions are checked per partition).
+SELECT c.relname || '.' || t.tgname AS name, pg_catalog.pg_get_triggerdef(t.oid) AS definition,
+       t.tgenabled::text AS enabled
+FROM pg_catalog.pg_trigger AS t
+JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+WHERE c.relnamespace = 'audit'::regnamespace AND NOT t.tgisinternal AND NOT c.relispartition
+ORDER BY 1;
+
+-- name: shipped_objects
+-- Relations (not partitions of the trail or their indexes), standalone types and operators
+-- in the audit schema, as kind:name.
+SELECT 'relation:' || c.relname || ':' || c.relkind::text AS name
+FROM pg_catalog.pg_class AS c
+WHERE c.relnamespace = 'audit'::regnamespace AND NOT c.relispartition
+UNION ALL
+SELECT 'type:' || t.typname
+FROM pg_catalog.pg_type AS t
+WHERE t.typnamespace = 'audit'::regnamespace AND t.typrelid = 0 AND t.typcategory <> 'A'
+UNION ALL
+SELECT 'operator:' || o.oid::regoperator::text
+FROM pg_catalog.pg_operator AS o
+WHERE o.oprnamespace = 'audit'::regnamespace
+ORDER BY 1;
+
+-- name: capture_role_exists
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %(role)s) AS present;
