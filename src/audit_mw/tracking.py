@@ -148,8 +148,8 @@ def track(
     """
     excluded = tuple(dict.fromkeys(exclude))
     masked = tuple(dict.fromkeys(mask))
-    _require_schema(conn, current=True)
     try:
+        _require_schema(conn, current=True)
         return _track(conn, table, excluded, masked, allow_no_primary_key)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise TrackingError(

@@ -78,11 +78,25 @@ def cmd_seal(args: argparse.Namespace) -> int:
         result = seal(conn, keys, sinks=sinks, batch_size=args.batch_size)
         ensure_partitions_quietly(conn)
     if result.busy:
-        print("another sealer is running; nothing done")
-        return 0
+        # Non-zero: a sealer that cannot run is something to alert on, whoever blocks it.
+        waited = "no unsealed events" if result.oldest_unsealed is None else (
+            f"the oldest unsealed event is from {result.oldest_unsealed.isoformat()}, "
+            f"{_age(result.oldest_unsealed)} ago")
+        print(f"blocked: the sealing lease is held by "
+              f"{result.holder or 'another sealer taking it'}; nothing done; {waited}")
+        return BLOCKED_EXIT
     print(f"sealed {result.sealed} entries in {len(result.checkpoints)} checkpoint(s); "
           f"chain head at position {result.head_position}")
     return 0
+
+
+#: Exit status of `seal` when it cannot run (another sealer holds the lease).
+BLOCKED_EXIT = 3
+
+
+def _age(when: dt.datetime) -> str:
+    seconds = max(0, int((dt.datetime.now(dt.UTC) - when).total_seconds()))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
 def _public_keys(values: list[str]) -> list[str]:

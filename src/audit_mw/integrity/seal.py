@@ -4,7 +4,8 @@
 xmin), in ``(txid, id)`` order, after the last sealed one; hashes them; appends them to
 ``audit.chain``; and records an authenticated checkpoint, all in one transaction per batch.
 Writers are never blocked: the sealer only reads ``audit.events`` and writes its own tables.
-One sealer runs at a time (a session advisory lock; a second one returns ``busy``). A crash
+One sealer runs at a time (a lease in ``audit.seal_lease`` that only roles that may seal can
+take; a second one returns ``busy`` with who holds it). A crash
 loses at most an uncommitted batch, which the next run seals again; checkpoints committed but
 not yet copied to the checkpoint file are copied by the next run.
 
@@ -54,6 +55,11 @@ class SealResult:
     head_position: int
     chain_id: str | None
     busy: bool = False
+    #: When busy: who holds the sealing lease ("backend 123 (role sealer) since ..."), or
+    #: None when it was being taken at that moment.
+    holder: str | None = None
+    #: When busy: when the oldest unsealed event was written (how long the backlog waits).
+    oldest_unsealed: dt.datetime | None = None
 
 
 def _columns_sql() -> Any:
@@ -130,7 +136,12 @@ def seal(
         check_event_columns(conn)
         locked = conn.execute(_sql.query("integrity", "try_lock")).fetchone()
     if not locked or not locked[0]:
-        return SealResult(0, (), 0, None, busy=True)
+        with conn.transaction():
+            row = conn.execute(_sql.query("integrity", "oldest_unsealed")).fetchone()
+        holder = (f"backend {locked[1]} (role {locked[2]}) since {locked[3]}"
+                  if locked and locked[1] is not None else None)
+        return SealResult(0, (), 0, None, busy=True, holder=holder,
+                          oldest_unsealed=row[0] if row else None)
     try:
         return _seal_locked(conn, keys, sinks, batch_size, max_batches)
     finally:

@@ -243,7 +243,10 @@ def _drop_one(
     assert decision.range_to is not None  # expired partitions have an upper bound  # noqa: S101
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         # No seal runs between reading the chain here and the drop.
-        cur.execute(_sql.query("retention", "seal_lock"))
+        try:
+            cur.execute(_sql.query("retention", "seal_lock"))
+        except psycopg.errors.LockNotAvailable as exc:
+            raise RetentionError(str(exc.diag.message_primary)) from None
         stats = _stats(cur, name)
         rows = int(stats["row_count"])
         if int(stats["unsealed"]):

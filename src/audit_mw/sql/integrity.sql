@@ -118,12 +118,24 @@ ORDER BY a.attnum;
 SELECT pg_catalog.current_setting('server_encoding');
 
 -- name: try_lock
--- One sealer at a time, per database; session-level so that it is held across batches
--- and taken before any batch's snapshot.
-SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('audit_mw.seal')) AS locked;
+-- One sealer at a time, per database: a lease in audit.seal_lease that only roles that may
+-- seal can take (an advisory lock can be held by any role, and would silence sealing). Held
+-- across batches, taken before any batch's snapshot; it lapses with a crashed backend.
+SELECT taken AS locked, holder_pid, holder_role, taken_at
+FROM audit.take_seal_lease();
 
 -- name: unlock
-SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('audit_mw.seal'));
+SELECT audit.give_seal_lease();
+
+-- name: oldest_unsealed
+-- When the oldest event after the sealed ones was written: how long the backlog has waited.
+SELECT e.occurred_at
+FROM audit.events AS e
+WHERE (e.txid, e.id) > (SELECT c.event_txid, c.event_id FROM audit.chain AS c
+                        ORDER BY c.position DESC LIMIT 1)
+   OR NOT EXISTS (SELECT 1 FROM audit.chain)
+ORDER BY e.txid, e.id
+LIMIT 1;
 
 -- name: repeatable_read
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;

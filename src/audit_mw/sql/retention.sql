@@ -45,8 +45,9 @@ LEFT JOIN audit.chain AS c ON c.event_id = e.id;
 SELECT h AS hold_id FROM audit.partition_holds(%(partition)s::regclass) AS h;
 
 -- name: seal_lock
--- The sealer's lock, held while a partition is dropped so that no seal runs in between.
-SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('audit_mw.seal'));
+-- The sealer's lease row, locked while a partition is dropped so that no seal starts in
+-- between; refused while a seal runs.
+SELECT audit.hold_seal_lease();
 
 -- name: chain_at
 SELECT c.chain_id::text AS chain_id,

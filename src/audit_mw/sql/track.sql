@@ -166,7 +166,7 @@ SELECT r.rolname IS NOT NULL AS exists, r.rolsuper AS superuser,
            FROM audit.tracked_tables AS t
            CROSS JOIN LATERAL audit.column_type_tree(t.relid::regclass) AS tree
            JOIN pg_catalog.pg_type AS ty ON ty.oid = tree.type_oid
-           WHERE ty.typowner = r.oid AND t.relid IS NOT NULL
+           WHERE ty.typowner = r.oid AND t.relid IS NOT NULL AND ty.oid >= 16384
            UNION ALL
            SELECT 'the audit schema' FROM pg_catalog.pg_namespace AS n
            WHERE n.nspname = 'audit' AND n.nspowner = r.oid

@@ -75,14 +75,13 @@ $$;
 CREATE FUNCTION audit.refuse_unsafe_casts(p_relation regclass) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    found record;
+    hit record;
 BEGIN
-    SELECT * INTO found FROM audit.unsafe_casts(p_relation) LIMIT 1;
+    SELECT * INTO hit FROM audit.unsafe_casts(p_relation) LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'audit_mw: capture of % refused: column % has type % with a cast to '
             'json defined by role % (%), which capture would have to run',
-            p_relation, found.column_name, found.type_name, found.function_owner,
-            found.cast_function
+            p_relation, hit.column_name, hit.type_name, hit.function_owner, hit.cast_function
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'drop the cast (DROP CAST); audit_mw runs no code of the audited '
                          'roles; see docs/threat-model.md';
