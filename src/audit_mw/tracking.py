@@ -199,6 +199,9 @@ def _track(
         if unsafe:
             raise TrackingError(f"{qualified} cannot be tracked: {unsafe[0]}")
 
+        cur.execute(_sql.query("track", "has_json"), {"oid": info["oid"]})
+        json_row = cur.fetchone()
+        json_flag = "json" if json_row and json_row["has_json"] else ""
         relations = [(str(info["schema_name"]), str(info["table_name"]), info["oid"])]
         cur.execute(_sql.query("track", "partitions"), {"oid": info["oid"]})
         relations += [(str(r["schema_name"]), str(r["table_name"]), r["oid"])
@@ -215,6 +218,7 @@ def _track(
                 table_name=sql.Literal(str(info["table_name"])),
                 excluded_nums=sql.Literal(_attnums(cur, oid, excluded)),
                 masked_nums=sql.Literal(_attnums(cur, oid, masked)),
+                json_flag=sql.Literal(json_flag),
             ))
         target = sql.Identifier(str(info["schema_name"]), str(info["table_name"]))
         with pinned_search_path(cur):
@@ -539,6 +543,12 @@ def _table_status(
                             "(outdated or changed); run `audit-mw retrack`")
     if version >= ROLES_SINCE:
         problems += _unsafe_casts(cur, tracked["oid"])
+        cur.execute(_sql.query("track", "has_json"), {"oid": tracked["oid"]})
+        json_row = cur.fetchone()
+        if (json_row and json_row["has_json"] and insert is not None
+                and not str(insert["definition"]).endswith("'json')")):
+            problems.append("a json column was added since track: a value jsonb cannot hold "
+                            "(\\u0000) would fail writes; run `audit-mw retrack`")
     cur.execute(_sql.query("track", "partitions"), {"oid": tracked["oid"]})
     for part in cur.fetchall():
         cur.execute(_sql.query("track", "table_triggers"), {"oid": part["oid"]})

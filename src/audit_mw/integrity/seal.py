@@ -134,7 +134,9 @@ def seal(
         raise IntegrityError("seal needs a connection that is not inside a transaction")
     with conn.transaction():
         check_event_columns(conn)
-        locked = conn.execute(_sql.query("integrity", "try_lock")).fetchone()
+        lease = conn.execute(_sql.query("integrity", "has_seal_lease")).fetchone()
+        suffix = "" if lease and lease[0] else "_before_0008"
+        locked = conn.execute(_sql.query("integrity", "try_lock" + suffix)).fetchone()
     if not locked or not locked[0]:
         with conn.transaction():
             row = conn.execute(_sql.query("integrity", "oldest_unsealed")).fetchone()
@@ -146,7 +148,7 @@ def seal(
         return _seal_locked(conn, keys, sinks, batch_size, max_batches)
     finally:
         with conn.transaction():
-            conn.execute(_sql.query("integrity", "unlock"))
+            conn.execute(_sql.query("integrity", "unlock" + suffix))
 
 
 def _seal_locked(

@@ -127,6 +127,17 @@ FROM audit.take_seal_lease();
 -- name: unlock
 SELECT audit.give_seal_lease();
 
+-- name: has_seal_lease
+SELECT pg_catalog.to_regprocedure('audit.take_seal_lease()') IS NOT NULL AS present;
+
+-- name: try_lock_before_0008
+-- Schema versions before 8 (a database sealed before its upgrade): the advisory lock.
+SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('audit_mw.seal')) AS locked,
+       NULL::integer AS holder_pid, NULL::text AS holder_role, NULL::timestamptz AS taken_at;
+
+-- name: unlock_before_0008
+SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('audit_mw.seal'));
+
 -- name: oldest_unsealed
 -- When the oldest event after the sealed ones was written: how long the backlog has waited.
 SELECT e.occurred_at

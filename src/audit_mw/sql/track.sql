@@ -35,16 +35,17 @@ DROP TRIGGER IF EXISTS audit_mw_truncate ON {table};
 -- columns did not change (jsonb comparison works for every type, json and point included).
 -- Arguments: key columns, excluded and masked columns by name, the tracked table's schema
 -- and name (a partition's triggers name the table that was tracked), and excluded and
--- masked columns by attribute number in this relation (a renamed column stays out).
+-- masked columns by attribute number in this relation (a renamed column stays out), and
+-- 'json' when a json column needs the conversion that keeps what jsonb cannot hold.
 CREATE TRIGGER audit_mw_insert AFTER INSERT ON {table}
     REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_insert({keys}, {excluded}, {masked}, {schema_name}, {table_name}, {excluded_nums}, {masked_nums});
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_insert({keys}, {excluded}, {masked}, {schema_name}, {table_name}, {excluded_nums}, {masked_nums}, {json_flag});
 CREATE TRIGGER audit_mw_update AFTER UPDATE ON {table}
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_update_rows({keys}, {excluded}, {masked}, {schema_name}, {table_name}, {excluded_nums}, {masked_nums});
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_update_rows({keys}, {excluded}, {masked}, {schema_name}, {table_name}, {excluded_nums}, {masked_nums}, {json_flag});
 CREATE TRIGGER audit_mw_delete AFTER DELETE ON {table}
     REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_delete({keys}, {excluded}, {masked}, {schema_name}, {table_name}, {excluded_nums}, {masked_nums});
+    FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_delete({keys}, {excluded}, {masked}, {schema_name}, {table_name}, {excluded_nums}, {masked_nums}, {json_flag});
 CREATE TRIGGER audit_mw_truncate AFTER TRUNCATE ON {table}
     FOR EACH STATEMENT EXECUTE FUNCTION audit.capture_truncate({keys}, {excluded}, {masked},
                                                    {schema_name}, {table_name});
@@ -77,6 +78,11 @@ WHERE a.attrelid = %(oid)s::oid AND a.attname = ANY (%(names)s::text[]) AND a.at
 -- Casts to json/jsonb that a non-superuser wrote, on a type the table is made of.
 SELECT column_name, type_name, cast_function, function_owner
 FROM audit.unsafe_casts(%(oid)s::oid::regclass);
+
+-- name: has_json
+-- Whether a json value is somewhere in the table's types (see migration 0008).
+SELECT EXISTS (SELECT 1 FROM audit.column_type_tree(%(oid)s::oid::regclass) AS t
+               WHERE t.type_oid = 'pg_catalog.json'::pg_catalog.regtype) AS has_json;
 
 -- name: may_track
 -- track creates triggers that execute the capture functions: only a role that may execute

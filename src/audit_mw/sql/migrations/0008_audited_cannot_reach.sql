@@ -89,10 +89,42 @@ BEGIN
 END
 $$;
 
+-- Values jsonb cannot hold. PostgreSQL accepts a json value that jsonb refuses (the escape
+-- \u0000, a lone surrogate such as \ud800); converting the row would fail the business write.
+-- For a table with a json column somewhere in its types (track passes 'json' as TG_ARGV[7]),
+-- each row is converted through audit.row_image: as usual when it can be; else from its json
+-- text, in which every such escape is itself escaped (\u0000 is stored as the six characters
+-- \u0000, exactly what was written), with "audit_mw_escaped": true added to the image as the
+-- flag a reader looks for. Excluded columns are removed before the image is stored, and
+-- leave no flag. Tables
+-- without json columns keep the inline conversion. (The row arrives as an anonymous record
+-- from a transition table, so it is read as a whole, through its json text.)
+CREATE FUNCTION audit.row_image(p_row anyelement, p_excluded text[]) RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    image jsonb;
+BEGIN
+    RETURN pg_catalog.to_jsonb(p_row) - p_excluded;
+EXCEPTION WHEN untranslatable_character OR invalid_text_representation THEN
+    -- \u escapes of NUL and of surrogates, preceded by an even number of backslashes (an
+    -- odd number would make the backslash itself escaped text).
+    image := pg_catalog.regexp_replace(pg_catalog.to_json(p_row)::text,
+                 '(?<!\\)((?:\\\\)*)\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})',
+                 '\1\\\\u\2', 'g')::jsonb - p_excluded;
+    -- Flagged when what is kept holds escaped text (not when only an excluded column did,
+    -- which must leave no trace).
+    IF pg_catalog.strpos(image::text, '\\u') > 0 THEN
+        image := image || '{"audit_mw_escaped": true}'::jsonb;
+    END IF;
+    RETURN image;
+END
+$$;
+
 -- The capture functions, again, with two additions at the start of each (the rest is as in
 -- 0007): the cast check above, and excluded and masked columns also by attribute number
 -- (TG_ARGV[5], TG_ARGV[6], written by track since this version), so that a renamed column
--- stays out. Names and numbers both count: a new column that takes an excluded column's name
+-- stays out; and rows of tables with json columns converted through audit.row_image
+-- (TG_ARGV[7] = 'json'). Names and numbers both count: a new column that takes an excluded column's name
 -- is excluded too. Triggers created before this version pass five arguments and exclude by
 -- name only; `audit-mw status` names them for `audit-mw retrack`.
 CREATE OR REPLACE FUNCTION audit.capture_insert() RETURNS trigger
@@ -102,6 +134,7 @@ DECLARE
     key_columns text[] := TG_ARGV[0]::text[];
     excluded    text[] := TG_ARGV[1]::text[];
     masked      text[] := TG_ARGV[2]::text[];
+    json_rows   boolean := TG_NARGS > 7 AND TG_ARGV[7] = 'json';
     ctx         audit.session_context := audit.read_context();
 BEGIN
     -- 114 json, 3802 jsonb; 16384 is FirstNormalObjectId (types created after initdb).
@@ -132,7 +165,8 @@ BEGIN
            CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr()
-    FROM (SELECT pg_catalog.to_jsonb(n.*) - excluded AS j FROM new_rows AS n OFFSET 0) AS r;
+    FROM (SELECT CASE WHEN json_rows THEN audit.row_image(n.*, excluded)
+                      ELSE pg_catalog.to_jsonb(n.*) - excluded END AS j FROM new_rows AS n OFFSET 0) AS r;
     RETURN NULL;
 END
 $$;
@@ -144,6 +178,7 @@ DECLARE
     key_columns text[] := TG_ARGV[0]::text[];
     excluded    text[] := TG_ARGV[1]::text[];
     masked      text[] := TG_ARGV[2]::text[];
+    json_rows   boolean := TG_NARGS > 7 AND TG_ARGV[7] = 'json';
     ctx         audit.session_context := audit.read_context();
 BEGIN
     -- 114 json, 3802 jsonb; 16384 is FirstNormalObjectId (types created after initdb).
@@ -174,7 +209,8 @@ BEGIN
            CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
            NULLIF(pg_catalog.current_setting('application_name'), ''), pg_catalog.inet_client_addr()
-    FROM (SELECT pg_catalog.to_jsonb(o.*) - excluded AS j FROM old_rows AS o OFFSET 0) AS r;
+    FROM (SELECT CASE WHEN json_rows THEN audit.row_image(o.*, excluded)
+                      ELSE pg_catalog.to_jsonb(o.*) - excluded END AS j FROM old_rows AS o OFFSET 0) AS r;
     RETURN NULL;
 END
 $$;
@@ -186,6 +222,7 @@ DECLARE
     key_columns text[] := TG_ARGV[0]::text[];
     excluded    text[] := TG_ARGV[1]::text[];
     masked      text[] := TG_ARGV[2]::text[];
+    json_rows   boolean := TG_NARGS > 7 AND TG_ARGV[7] = 'json';
     ctx         audit.session_context := audit.read_context();
 BEGIN
     -- 114 json, 3802 jsonb; 16384 is FirstNormalObjectId (types created after initdb).
@@ -224,8 +261,11 @@ BEGIN
         FROM (SELECT o.j AS o, n.j AS n,
                      ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(n.j) AS e
                            WHERE e.value IS DISTINCT FROM o.j -> e.key ORDER BY e.key) AS changed
-              FROM (SELECT pg_catalog.to_jsonb(r.*) - excluded AS j FROM old_rows AS r OFFSET 0) AS o
-              CROSS JOIN (SELECT pg_catalog.to_jsonb(r.*) - excluded AS j
+              FROM (SELECT CASE WHEN json_rows THEN audit.row_image(r.*, excluded)
+                           ELSE pg_catalog.to_jsonb(r.*) - excluded END AS j
+                    FROM old_rows AS r OFFSET 0) AS o
+              CROSS JOIN (SELECT CASE WHEN json_rows THEN audit.row_image(r.*, excluded)
+                                 ELSE pg_catalog.to_jsonb(r.*) - excluded END AS j
                           FROM new_rows AS r OFFSET 0) AS n
               OFFSET 0) AS p
         WHERE p.changed <> '{}';
@@ -246,10 +286,12 @@ BEGIN
                      ARRAY(SELECT e.key FROM pg_catalog.jsonb_each(n.j) AS e
                            WHERE e.value IS DISTINCT FROM o.j -> e.key ORDER BY e.key) AS changed
               FROM (SELECT pg_catalog.row_number() OVER () AS pos,
-                           pg_catalog.to_jsonb(r.*) - excluded AS j
+                           CASE WHEN json_rows THEN audit.row_image(r.*, excluded)
+                                ELSE pg_catalog.to_jsonb(r.*) - excluded END AS j
                     FROM old_rows AS r OFFSET 0) AS o
               FULL JOIN (SELECT pg_catalog.row_number() OVER () AS pos,
-                           pg_catalog.to_jsonb(r.*) - excluded AS j
+                           CASE WHEN json_rows THEN audit.row_image(r.*, excluded)
+                                ELSE pg_catalog.to_jsonb(r.*) - excluded END AS j
                     FROM new_rows AS r OFFSET 0) AS n ON n.pos = o.pos
               OFFSET 0) AS p
         WHERE p.changed <> '{}' OR p.o IS NULL OR p.n IS NULL;
