@@ -361,3 +361,16 @@ def test_the_wsgi_quickstart_app_runs_as_printed(
                        [start]).fetchall()
     assert ips == [("203.0.113.8",)]
 
+
+def test_the_readme_architecture_matches_the_tree() -> None:
+    section = _section((ROOT / "README.md").read_text(encoding="utf-8"), "## Architecture")
+    listed = set(re.findall(r"^\| `audit_mw\.(\w+)` \|", section, flags=re.MULTILINE))
+    src = ROOT / "src" / "audit_mw"
+    packages = {p.parent.name for p in src.glob("*/__init__.py")}
+    assert listed == packages
+    top = {p.name for p in src.glob("*.py")} - {"__init__.py", "__main__.py"}
+    top_row = re.search(r"^\| `audit_mw` \|(.*)$", section, flags=re.MULTILINE)
+    assert top_row is not None
+    assert set(re.findall(r"`(\w+\.py)`", top_row.group(1))) == top
+    for folder in ("sql", *packages):
+        assert f"{folder}/" in section, f"the diagram does not show {folder}/"
