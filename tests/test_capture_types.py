@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from audit_mw.tracking import retrack, status, track
+from audit_mw.capture.tracking import retrack, status, track
 from tests._db import audit_rows
 
 Conn = psycopg.Connection[Any]

@@ -11,9 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from audit_mw.capture.tracking import retrack, status, track, untrack
 from audit_mw.cli import main
 from audit_mw.integrity import seal, verify
-from audit_mw.tracking import retrack, status, track, untrack
 from tests._db import audit_rows
 from tests._integrity import HMAC_SECRET, env_for, hmac_keys
 
@@ -51,12 +51,12 @@ def test_renamed_excluded_and_masked_columns_stay_out(conn: Conn) -> None:
 
 
 def test_renamed_columns_stay_out_of_a_partitioned_table_and_its_partitions(conn: Conn) -> None:
-    conn.execute("""
+    conn.execute(b"""
         CREATE TABLE ledger (id int, region text, secret text, PRIMARY KEY (id, region))
             PARTITION BY LIST (region);
         CREATE TABLE ledger_eu (secret text, region text NOT NULL, id int NOT NULL);
         ALTER TABLE ledger ATTACH PARTITION ledger_eu FOR VALUES IN ('eu');
-    """.encode())
+    """)
     track(conn, "ledger", exclude=["secret"])
     conn.execute("ALTER TABLE ledger RENAME COLUMN secret TO token")
     conn.execute("INSERT INTO ledger VALUES (1, 'eu', 'CANARY-1')")
@@ -101,14 +101,14 @@ def test_untrack_of_a_renamed_table_removes_its_triggers_and_record(conn: Conn) 
 
 @pytest.fixture
 def partitioned(conn: Conn) -> Conn:
-    conn.execute("""
+    conn.execute(b"""
         CREATE TABLE sales (id int, year int, amount int, PRIMARY KEY (id, year))
             PARTITION BY RANGE (year);
         CREATE TABLE sales_2026 PARTITION OF sales FOR VALUES FROM (2026) TO (2027);
         CREATE TABLE sales_2027 PARTITION OF sales FOR VALUES FROM (2027) TO (2028)
             PARTITION BY RANGE (id);
         CREATE TABLE sales_2027_low PARTITION OF sales_2027 FOR VALUES FROM (0) TO (1000);
-    """.encode())
+    """)
     track(conn, "sales")
     return conn
 

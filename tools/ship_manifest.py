@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from audit_mw import _shipped
-from audit_mw.embedded import EmbeddedServer, resolve_dsn
-from audit_mw.schema import CAPTURE_ROLE, OWNER_ROLE, install
+from audit_mw.capture import _shipped
+from audit_mw.capture.schema import CAPTURE_ROLE, OWNER_ROLE, install
+from audit_mw.testing.embedded import EmbeddedServer, resolve_dsn
 
 TARGET = Path(__file__).resolve().parent.parent / "src" / "audit_mw" / "sql" / "shipped.json"
 

@@ -21,16 +21,17 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from audit_mw import _shipped, _sql
-from audit_mw.errors import SchemaError, TrackingError
-from audit_mw.partitions import partition_guard_problems
-from audit_mw.schema import (
+from audit_mw import _sql
+from audit_mw.capture import _shipped
+from audit_mw.capture.partitions import partition_guard_problems
+from audit_mw.capture.schema import (
     CAPTURE_FUNCTIONS,
     CAPTURE_ROLE,
     GUARD_PREFIX,
     installed_version,
     pinned_search_path,
 )
+from audit_mw.errors import SchemaError, TrackingError
 
 __all__ = ["TableStatus", "TrackedTable", "retrack", "status", "track", "untrack"]
 
@@ -543,13 +544,28 @@ def _table_status(
                             "(outdated or changed); run `audit-mw retrack`")
     if version >= ROLES_SINCE:
         problems += _unsafe_casts(cur, tracked["oid"])
-        cur.execute(_sql.query("track", "has_json"), {"oid": tracked["oid"]})
-        json_row = cur.fetchone()
-        if (json_row and json_row["has_json"] and insert is not None
-                and not str(insert["definition"]).endswith("'json')")):
-            problems.append("a json column was added since track: a value jsonb cannot hold "
-                            "(\\u0000) would fail writes; run `audit-mw retrack`")
-    cur.execute(_sql.query("track", "partitions"), {"oid": tracked["oid"]})
+        problems += _json_problems(cur, tracked["oid"], insert)
+    problems += _partition_problems(cur, tracked["oid"])
+    return TableStatus(name, tuple(problems))
+
+
+def _json_problems(
+    cur: psycopg.Cursor[dict[str, object]], oid: object, insert: dict[str, object] | None
+) -> list[str]:
+    """A json column added since track needs the conversion that keeps what jsonb cannot."""
+    cur.execute(_sql.query("track", "has_json"), {"oid": oid})
+    row = cur.fetchone()
+    if row and row["has_json"] and insert is not None \
+            and not str(insert["definition"]).endswith("'json')"):
+        return ["a json column was added since track: a value jsonb cannot hold "
+                "(\\u0000) would fail writes; run `audit-mw retrack`"]
+    return []
+
+
+def _partition_problems(cur: psycopg.Cursor[dict[str, object]], oid: object) -> list[str]:
+    """Partitions (at any depth) whose capture triggers are missing or not ENABLE ALWAYS."""
+    cur.execute(_sql.query("track", "partitions"), {"oid": oid})
+    problems = []
     for part in cur.fetchall():
         cur.execute(_sql.query("track", "table_triggers"), {"oid": part["oid"]})
         states = {str(t["name"]): str(t["enabled"]) for t in cur.fetchall()}
@@ -559,4 +575,4 @@ def _table_status(
                             f"working capture ({', '.join(missing)} missing or not ENABLE "
                             "ALWAYS): writes aimed at it are not recorded; run "
                             "`audit-mw retrack`")
-    return TableStatus(name, tuple(problems))
+    return problems

@@ -1,4 +1,4 @@
-"""What the package ships, per schema version, for :func:`audit_mw.tracking.status` to
+"""What the package ships, per schema version, for :func:`audit_mw.capture.tracking.status` to
 compare the database with.
 
 ``sql/shipped.json`` holds, for every schema version, a fingerprint of each function of the
@@ -82,7 +82,7 @@ def build(conn: psycopg.Connection[Any], owner: str, capture_role: str) -> dict[
     from psycopg import sql  # noqa: PLC0415  (build-time only)
     from psycopg.rows import dict_row  # noqa: PLC0415
 
-    from audit_mw.schema import pinned_search_path  # noqa: PLC0415
+    from audit_mw.capture.schema import pinned_search_path  # noqa: PLC0415
 
     result: dict[str, Any] = {}
     with conn.cursor(row_factory=dict_row) as cur:
