@@ -72,6 +72,9 @@ class InstallResult:
     version: int
     owner: str
     roles_created: tuple[str, ...] = field(default=())
+    #: Whether DDL on tracked tables and on the trail is recorded (and capture triggers and
+    #: guards cannot be disabled or dropped): event triggers need a superuser.
+    ddl_watched: bool = False
 
 
 def installed_version(conn: psycopg.Connection[Any]) -> int:
@@ -91,12 +94,16 @@ def install(
     *,
     writer_roles: tuple[str, ...] | list[str] = (),
     reader_roles: tuple[str, ...] | list[str] = (),
+    watch_ddl: bool = True,
 ) -> InstallResult:
     """Install or upgrade the audit schema in the database ``conn`` is connected to.
 
     Runs in one transaction (all or nothing) under an advisory lock, so that two installers
     never interleave. ``writer_roles`` are granted ``audit_writer`` (record app events) and
-    ``reader_roles`` ``audit_reader`` (read the trail). Raises :class:`SchemaError` when the
+    ``reader_roles`` ``audit_reader`` (read the trail). With ``watch_ddl`` (the default) and a
+    superuser, event triggers put DDL on tracked tables and on the trail on the timeline and
+    refuse disabling or dropping capture triggers and guards (``InstallResult.ddl_watched``;
+    without them ``status`` notes that DDL is not watched). Raises :class:`SchemaError` when the
     server is too old or a released migration differs from what was applied.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
@@ -156,11 +163,17 @@ def install(
                 "granting audit roles needs a role that may create roles (superuser or "
                 "CREATEROLE); run install as such a role, or grant privileges by hand"
             )
+        watched = False
+        if watch_ddl and facts["is_superuser"]:
+            # Last, so that the install's own statements are not recorded as DDL.
+            cur.execute(_sql.query("install", "watch_ddl"))
+            watched = True
     return InstallResult(
         applied=tuple(applied),
         version=_sql.migrations()[-1].version,
         owner=owner,
         roles_created=created,
+        ddl_watched=watched,
     )
 
 

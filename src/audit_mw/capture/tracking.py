@@ -397,9 +397,20 @@ def status(conn: psycopg.Connection[Any], *, app_role: str | None = None) -> Sta
             tables.append(_table_status(cur, tracked, version))
         if app_role is not None:
             problems += _app_role_problems(cur, app_role)
-    notes = ("DDL on tracked tables is not watched: a trigger disabled, used and enabled "
-             "again between two status runs leaves no trace (see docs/threat-model.md)",)
+        notes: tuple[str, ...] = ()
+        if not _ddl_watched(cur, version):
+            notes = ("DDL is not watched (no audit_mw event triggers: they need a superuser "
+                     "at install): a capture trigger disabled, used and enabled again between "
+                     "two status runs leaves no trace (see docs/threat-model.md)",)
     return Status(version, latest, owner, tuple(tables), tuple(problems), notes)
+
+
+def _ddl_watched(cur: psycopg.Cursor[dict[str, object]], version: int) -> bool:
+    if version < ROLES_SINCE:
+        return False
+    cur.execute(_sql.query("install", "ddl_watched"))
+    row = cur.fetchone()
+    return bool(row and row["watched"])
 
 
 def _capture_role(cur: psycopg.Cursor[dict[str, object]], owner: str | None) -> str:

@@ -60,6 +60,9 @@ def cmd_install(args: argparse.Namespace) -> int:
               f"(applied {', '.join(f'{v:04d}' for v in result.applied)}), owner {result.owner}")
     else:
         print(f"audit schema is current (version {result.version}), owner {result.owner}")
+    if not result.ddl_watched:
+        print("DDL is not watched: event triggers need a superuser at install; `status` will "
+              "say so (see docs/threat-model.md)")
     return 0
 
 

@@ -125,7 +125,12 @@ GRANT EXECUTE ON FUNCTION audit.column_type_tree(regclass), audit.unsafe_casts(r
 ALTER FUNCTION {function} OWNER TO {owner};
 
 -- name: revoke_capture_create
+-- The capture role keeps no CREATE; the owner's members may still create capture triggers
+-- (track), which needs EXECUTE on the trigger functions.
 REVOKE CREATE ON SCHEMA audit FROM {capture};
+GRANT EXECUTE ON FUNCTION audit.capture_insert(), audit.capture_delete(),
+    audit.capture_update(), audit.capture_update_rows(), audit.capture_truncate()
+    TO audit_owner;
 
 -- name: shipped_functions
 -- Each function of the audit schema with a fingerprint of everything that decides what it
@@ -171,3 +176,21 @@ ORDER BY 1;
 
 -- name: capture_role_exists
 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %(role)s) AS present;
+
+-- name: watch_ddl
+-- DDL on the timeline (see migration 0008). Event triggers need a superuser.
+DROP EVENT TRIGGER IF EXISTS audit_mw_ddl;
+DROP EVENT TRIGGER IF EXISTS audit_mw_drop;
+CREATE EVENT TRIGGER audit_mw_ddl ON ddl_command_end EXECUTE FUNCTION audit.watch_ddl();
+CREATE EVENT TRIGGER audit_mw_drop ON sql_drop EXECUTE FUNCTION audit.watch_drop();
+ALTER EVENT TRIGGER audit_mw_ddl ENABLE ALWAYS;
+ALTER EVENT TRIGGER audit_mw_drop ENABLE ALWAYS;
+
+-- name: ddl_watched
+-- Both event triggers present, on the package's functions, ENABLE ALWAYS.
+SELECT pg_catalog.count(*) = 2 AS watched
+FROM pg_catalog.pg_event_trigger AS e
+WHERE (e.evtname, e.evtevent, e.evtfoid) IN (
+          ('audit_mw_ddl', 'ddl_command_end', 'audit.watch_ddl()'::regprocedure),
+          ('audit_mw_drop', 'sql_drop', 'audit.watch_drop()'::regprocedure))
+  AND e.evtenabled = 'A';

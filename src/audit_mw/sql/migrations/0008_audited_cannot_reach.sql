@@ -488,3 +488,124 @@ BEGIN
     END IF;
 END
 $$;
+
+-- DDL on the timeline. Where the installing role may create event triggers (a superuser),
+-- install creates audit_mw_ddl (ddl_command_end) and audit_mw_drop (sql_drop), ENABLE
+-- ALWAYS, on these two functions; elsewhere status says that DDL is not watched.
+-- Recorded as kind 'ddl' events (action: the command tag; resource: the object; db_role:
+-- the session's role): DDL on a tracked table or one of its partitions, on anything in
+-- schema audit (not the partitions retention drops), and CREATE CAST. Refused: leaving a
+-- capture trigger of a tracked table disabled or not ENABLE ALWAYS, or dropping one, unless
+-- the session's role is a superuser or a member of audit_owner (track and untrack do that);
+-- and doing the same to a guard of the audit schema, unless a superuser. The functions
+-- read the catalog and insert; they call nothing the audited roles define.
+CREATE FUNCTION audit.tracked_relation(p_relid oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- pg_partition_ancestors lists nothing for a table that is not partitioned.
+    SELECT EXISTS (SELECT 1 FROM audit.tracked_tables AS t
+                   WHERE t.relid = p_relid
+                      OR t.relid IN (SELECT a.relid
+                                     FROM pg_catalog.pg_partition_ancestors(p_relid) AS a))
+$$;
+
+CREATE FUNCTION audit.session_may(p_what text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r
+                   WHERE r.rolname = SESSION_USER
+                     AND (r.rolsuper OR (p_what = 'capture'
+                          AND pg_catalog.pg_has_role(r.oid, 'audit_owner', 'MEMBER'))))
+$$;
+
+CREATE FUNCTION audit.watch_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd      record;
+    relid    oid;
+    tracked  boolean;
+    bad      text;
+BEGIN
+    FOR cmd IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
+        relid := CASE cmd.classid
+                 WHEN 'pg_catalog.pg_class'::pg_catalog.regclass THEN cmd.objid
+                 WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN
+                     (SELECT t.tgrelid FROM pg_catalog.pg_trigger AS t WHERE t.oid = cmd.objid)
+                 END;
+        tracked := relid IS NOT NULL AND audit.tracked_relation(relid);
+        IF tracked AND NOT audit.session_may('capture') THEN
+            SELECT pg_catalog.string_agg(t.tgname, ', ') INTO bad
+            FROM pg_catalog.pg_trigger AS t
+            WHERE t.tgrelid = relid AND t.tgname LIKE 'audit\_mw\_%' AND t.tgenabled <> 'A';
+            IF bad IS NOT NULL THEN
+                RAISE EXCEPTION 'audit_mw: capture trigger % of % must stay ENABLE ALWAYS',
+                    bad, relid::regclass
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'untrack the table as its audit owner to stop capture';
+            END IF;
+        END IF;
+        IF cmd.schema_name = 'audit' AND relid IS NOT NULL AND NOT audit.session_may('guard') THEN
+            SELECT pg_catalog.string_agg(t.tgname, ', ') INTO bad
+            FROM pg_catalog.pg_trigger AS t
+            WHERE t.tgrelid = relid AND NOT t.tgisinternal AND t.tgenabled <> 'A';
+            IF bad IS NOT NULL THEN
+                RAISE EXCEPTION 'audit_mw: guard % of % must stay ENABLE ALWAYS',
+                    bad, relid::regclass USING ERRCODE = 'insufficient_privilege';
+            END IF;
+        END IF;
+        IF tracked OR cmd.schema_name = 'audit' OR cmd.object_type = 'cast' THEN
+            INSERT INTO audit.events (kind, action, schema_name, table_name, resource_type,
+                                      resource_id, application_name, client_addr)
+            SELECT 'ddl', cmd.command_tag, n.nspname, c.relname, cmd.object_type,
+                   cmd.object_identity,
+                   NULLIF(pg_catalog.current_setting('application_name'), ''),
+                   pg_catalog.inet_client_addr()
+            FROM (SELECT 1) AS one
+            LEFT JOIN pg_catalog.pg_class AS c ON c.oid = relid
+            LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION audit.watch_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    obj      record;
+    table_of regclass;
+BEGIN
+    FOR obj IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE original LOOP
+        IF obj.object_type = 'trigger' THEN
+            -- address_names: schema, table, trigger; the table is still there. Read from the
+            -- catalog: the owner of this function may have no USAGE on the table's schema.
+            SELECT c.oid INTO table_of
+            FROM pg_catalog.pg_class AS c
+            JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+            WHERE n.nspname = obj.address_names[1] AND c.relname = obj.address_names[2];
+            IF obj.address_names[3] LIKE 'audit\_mw\_%' AND table_of IS NOT NULL
+               AND audit.tracked_relation(table_of) AND NOT audit.session_may('capture') THEN
+                RAISE EXCEPTION 'audit_mw: capture trigger % may not be dropped',
+                    obj.object_identity USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'untrack the table as its audit owner to stop capture';
+            END IF;
+            IF obj.schema_name = 'audit' AND NOT audit.session_may('guard') THEN
+                RAISE EXCEPTION 'audit_mw: guard % may not be dropped', obj.object_identity
+                    USING ERRCODE = 'insufficient_privilege';
+            END IF;
+        END IF;
+        IF (obj.object_type = 'table' AND EXISTS (SELECT 1 FROM audit.tracked_tables AS t
+                                                  WHERE t.relid = obj.objid))
+           OR (obj.schema_name = 'audit' AND obj.object_name NOT LIKE 'events\_p%')
+           OR obj.object_type = 'cast' THEN
+            INSERT INTO audit.events (kind, action, schema_name, table_name, resource_type,
+                                      resource_id, application_name, client_addr)
+            VALUES ('ddl', 'DROP ' || pg_catalog.upper(obj.object_type), obj.schema_name,
+                    CASE WHEN obj.object_type = 'table' THEN obj.object_name END,
+                    obj.object_type, obj.object_identity,
+                    NULLIF(pg_catalog.current_setting('application_name'), ''),
+                    pg_catalog.inet_client_addr());
+        END IF;
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION audit.watch_ddl(), audit.watch_drop(), audit.tracked_relation(oid),
+    audit.session_may(text) FROM PUBLIC;
