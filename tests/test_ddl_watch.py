@@ -4,7 +4,6 @@ the roles audited. Without event triggers, install and status say that DDL is no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -20,7 +19,7 @@ OWNER = "audit_mw_test_owner"
 
 
 @pytest.fixture
-def watched(cluster: Cluster, dsn: str, database: str) -> Iterator[str]:
+def watched(cluster: Cluster, dsn: str, database: str) -> str:
     """The table owner's DSN, in a database whose DDL is watched; it owns app.t (tracked)."""
     with cluster.admin() as admin:
         if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [OWNER]).fetchone():
@@ -34,7 +33,7 @@ def watched(cluster: Cluster, dsn: str, database: str) -> Iterator[str]:
         own.execute("CREATE TABLE app.t (id int PRIMARY KEY, note text)")
     with psycopg.connect(dsn, autocommit=True) as conn:
         track(conn, "app.t")
-    yield owner_dsn
+    return owner_dsn
 
 
 def _ddl_events(conn: Conn) -> list[tuple[Any, ...]]:
@@ -54,8 +53,8 @@ def test_the_table_owner_cannot_disable_or_drop_capture(
     watched: str, conn: Conn, statement: str
 ) -> None:
     with psycopg.connect(watched, autocommit=True) as own, pytest.raises(
-        psycopg.errors.InsufficientPrivilege, match="capture trigger .* (must stay ENABLE "
-                                                    "ALWAYS|may not be dropped)"):
+        psycopg.errors.InsufficientPrivilege, match=r"capture trigger .* (must stay ENABLE "
+                                                    r"ALWAYS|may not be dropped)"):
         own.execute(statement)
     assert status(conn).tables[0].ok
 
@@ -87,8 +86,8 @@ def test_create_cast_and_changes_in_the_audit_schema_are_recorded(
     conn.execute("CREATE FUNCTION audit.extra() RETURNS int LANGUAGE sql AS 'SELECT 1'")
     conn.execute("RESET ROLE")
     events = _ddl_events(conn)
-    assert ("CREATE CAST", OWNER, "cast") == events[-2][:3]
-    assert ("CREATE FUNCTION", "postgres", "function", "audit.extra()") == events[-1][:4]
+    assert events[-2][:3] == ("CREATE CAST", OWNER, "cast")
+    assert events[-1][:4] == ("CREATE FUNCTION", "postgres", "function", "audit.extra()")
 
 
 def test_the_audit_owner_cannot_disable_or_drop_a_guard(
