@@ -4,6 +4,7 @@ an install by a non-superuser role with CREATEROLE hands capture to its role too
 from __future__ import annotations
 
 import json
+
 import psycopg
 from psycopg import sql
 
