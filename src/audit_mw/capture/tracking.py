@@ -41,8 +41,10 @@ _STATES = {"O": "fires only in origin mode (session_replication_role = replica s
            "R": "fires only in replica mode", "D": "is disabled"}
 #: The schema version from which audit.events is partitioned (each partition has guards).
 PARTITIONED_SINCE = 6
-#: The schema version from which capture runs as its own role and follows renamed columns.
-ROLES_SINCE = 8
+#: The schema version from which capture runs as its own role and follows renamed columns
+#: (migration NNNN_audited_cannot_reach; read from the file so that a renumbering stays in
+#: one place).
+ROLES_SINCE = next(m.version for m in _sql.migrations() if m.name == "audited_cannot_reach")
 
 
 @dataclass(frozen=True, slots=True)
