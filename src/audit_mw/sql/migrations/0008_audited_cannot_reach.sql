@@ -358,8 +358,9 @@ SET relid = pg_catalog.to_regclass(pg_catalog.quote_ident(t.schema_name) || '.'
 -- hand), the time, transaction, database role and client address must be the server's, a
 -- 'data' row must come from capture and capture may write nothing else. The WHEN clause is
 -- evaluated without calling any function of ours, so the rows that pass cost next to
--- nothing; a row that fails it is refused unless a superuser inserts it (a superuser can
--- change anything anyway, and imports history this way). The capture role is named when the
+-- nothing; a row that fails it is refused. A superuser's session (is_superuser, which SET
+-- ROLE turns off and no one can set) is let through: a superuser can change anything
+-- anyway, and imports history this way. The capture role is named when the
 -- trigger is created: audit_capture, or the installing role where roles cannot be created.
 CREATE FUNCTION audit.refuse_forged_event() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -385,11 +386,12 @@ DECLARE
 BEGIN
     EXECUTE pg_catalog.format($t$
         CREATE TRIGGER events_server_truth BEFORE INSERT ON audit.events FOR EACH ROW
-        WHEN (NEW.occurred_at IS DISTINCT FROM pg_catalog.statement_timestamp()
+        WHEN (pg_catalog.current_setting('is_superuser') = 'off'
+              AND (NEW.occurred_at IS DISTINCT FROM pg_catalog.statement_timestamp()
               OR NEW.db_role IS DISTINCT FROM SESSION_USER::text
               OR NEW.txid IS DISTINCT FROM pg_catalog.pg_current_xact_id()
               OR NEW.client_addr IS DISTINCT FROM pg_catalog.inet_client_addr()
-              OR (NEW.kind = 'data') IS DISTINCT FROM (CURRENT_USER = %L::name))
+              OR (NEW.kind = 'data') IS DISTINCT FROM (CURRENT_USER = %L::name)))
         EXECUTE FUNCTION audit.refuse_forged_event()$t$, capture_role);
 END
 $$;
