@@ -85,7 +85,7 @@ async def test_pages_are_refused_like_the_api_and_show_nothing(
                 assert "not authorised" in response.text
                 assert response.headers["x-frame-options"] == "DENY"
     refusals = [e for e in access_events(conn) if e["action"] == "audit_access_denied"]
-    assert [e["metadata"]["path"] for e in refusals] == [p for p in PAGES] * 2
+    assert [e["metadata"]["path"] for e in refusals] == PAGES * 2
 
 
 async def test_page_views_are_access_events(
