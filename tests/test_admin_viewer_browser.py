@@ -177,7 +177,7 @@ def test_filters_narrow_the_table_and_the_url_round_trips(
         small.wait_for_url(f"{starlette_url}/audit/ui/")
         # Readable on a phone: the page itself does not scroll sideways (the table may).
         assert small.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        screenshot(small, "events-phone", full_page=False)
+        screenshot(small, "events-phone")
     finally:
         phone.close()
 

@@ -171,9 +171,10 @@ def _bars(values: Sequence[int], width: float, height: float) -> list[dict[str, 
 
 
 def _bucket_size(span: timedelta) -> tuple[timedelta, str]:
-    if span <= timedelta(days=2):
+    # Hours up to a week, so that a burst of failures stands out from a quiet day.
+    if span <= timedelta(days=8):
         return timedelta(hours=1), "hour"
-    if span <= timedelta(days=62):
+    if span <= timedelta(days=93):
         return timedelta(days=1), "day"
     return timedelta(days=7), "week"
 
@@ -328,7 +329,9 @@ class _Viewer:
         if end - start > MAX_LOGIN_RANGE:
             raise QueryError("from", f"the range must be at most {MAX_LOGIN_RANGE.days} days")
         size, unit = _bucket_size(end - start)
-        origin = start.replace(minute=0, second=0, microsecond=0)
+        origin = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if unit != "hour":
+            origin = origin.replace(hour=0)
         count = int((end - origin) / size) + 1
         buckets = [origin + size * i for i in range(count)]
         params = {"start": start, "end": end, "bucket": size, "origin": origin,
@@ -417,7 +420,7 @@ def _verdict(run: Mapping[str, Any] | None) -> dict[str, str]:
 
 def _groups(rows: Sequence[Sequence[Any]], *, key: int, other: int,
             index: Mapping[datetime, int], count: int, other_name: str) -> list[dict[str, Any]]:
-    """Failures per account (or per address): total, spread, first and last bucket, bars."""
+    """Failures per account (or per address): total, spread, first and last, bars."""
     groups: dict[Any, dict[str, Any]] = {}
     for row in rows:
         name = row[key]
@@ -431,8 +434,9 @@ def _groups(rows: Sequence[Sequence[Any]], *, key: int, other: int,
         i = index.get(bucket)
         if i is not None:
             group["series"][i] += n
-        group["first"] = bucket if group["first"] is None else min(group["first"], bucket)
-        group["last"] = bucket if group["last"] is None else max(group["last"], bucket)
+        first, last = row[4].astimezone(UTC), row[5].astimezone(UTC)
+        group["first"] = first if group["first"] is None else min(group["first"], first)
+        group["last"] = last if group["last"] is None else max(group["last"], last)
     top = sorted(groups.values(), key=lambda g: (-g["failures"], str(g["name"])))[:TOP_GROUPS]
     for group in top:
         group[other_name] = len(group.pop("others"))

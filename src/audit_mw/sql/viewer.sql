@@ -22,7 +22,9 @@ SELECT e.resource_id AS account,
        pg_catalog.host(e.client_ip) AS address,
        pg_catalog.date_bin(%(bucket)s::interval, e.occurred_at, %(origin)s::timestamptz)
            AS bucket,
-       pg_catalog.count(*) AS failures
+       pg_catalog.count(*) AS failures,
+       pg_catalog.min(e.occurred_at) AS first_seen,
+       pg_catalog.max(e.occurred_at) AS last_seen
 FROM audit.events AS e
 WHERE e.kind = 'auth'
   AND e.action = 'login_failed'
