@@ -3,8 +3,8 @@
 ``audit-mw demo`` needs nothing configured: it starts the embedded PostgreSQL server, builds
 a fresh ``audit_mw_demo`` database with the shop's tables tracked, serves the Starlette
 example on 127.0.0.1, sends it some sample traffic, seals the trail and verifies it, and
-prints the audit viewer's URL first, then the shop's and the demo credentials. Ctrl-C stops the app, and the embedded server if
-the demo started it.
+prints the audit viewer's URL first, then the shop's and the demo credentials. Ctrl-C stops
+the app, and the embedded server if the demo started it.
 """
 
 from __future__ import annotations
