@@ -178,3 +178,16 @@ async def test_links_follow_the_mount_path(
         history = await http.get("/compliance/trail/ui/records/orders/a%2Fb")
         assert history.status_code == 200
         assert "carol" in history.text
+
+
+async def test_a_pasted_page_size_stays_selected(
+    conn: psycopg.Connection[Any], pool: AsyncConnectionPool[Any]
+) -> None:
+    insert_events(conn, [{"table_name": "orders", "record_id": str(n)} for n in range(9)])
+    app = admin_app(pool, authorize=allow)
+    async with client(app) as http:
+        page = await http.get("/ui/", params={"limit": "7"})
+    assert page.status_code == 200
+    assert '<option value="7" selected>' in page.text
+    assert page.text.count('<td class="num">') == 7
+    assert 'rel="next"' in page.text

@@ -38,6 +38,7 @@ from audit_mw.admin.query import (
     DEFAULT_LIMIT,
     EVENT_FILTERS,
     KINDS,
+    MAX_LIMIT,
     filters_digest,
     parse_event_query,
     parse_history_query,
@@ -233,8 +234,12 @@ class _Viewer:
         # A submitted form sends every field; an empty one means "no filter".
         items = [(k, v) for k, v in request.query_params.multi_items() if v != ""]
         form = {k: v for k, v in items if k in EVENT_FILTERS or k == "limit"}
+        limits = set(LIMIT_CHOICES)
+        asked = form.get("limit", "")
+        if asked.isascii() and asked.isdigit() and 0 < int(asked) <= MAX_LIMIT:
+            limits.add(int(asked))  # a pasted link's page size stays selected
         context: dict[str, Any] = {
-            "title": "Events", "form": form, "kinds": KINDS, "limits": LIMIT_CHOICES,
+            "title": "Events", "form": form, "kinds": KINDS, "limits": sorted(limits),
             "default_limit": DEFAULT_LIMIT, "events": [], "error": None, "total": None,
             "total_exact": True, "next_link": None, "first_link": None, "page_number": 1,
         }
