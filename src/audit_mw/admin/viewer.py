@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from audit_mw import _sql
-from audit_mw.admin._access import AccessAction
+from audit_mw.admin._access import TrailAccessAction
 from audit_mw.admin.export import export_key_from_env
 from audit_mw.admin.query import (
     COUNT_CAP,
@@ -225,7 +225,7 @@ class _Viewer:
 
     async def _record(self, request: Request, endpoint: str, filters: Mapping[str, Any],
                       rows: int, **extra: Any) -> None:
-        await self.admin._record(request, AccessAction.QUERIED, metadata={
+        await self.admin._record(request, TrailAccessAction.QUERIED, metadata={
             "endpoint": f"ui/{endpoint}", "filters": dict(filters), "rows": rows, **extra})
 
     # -- pages ------------------------------------------------------------------------
