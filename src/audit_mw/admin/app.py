@@ -40,8 +40,9 @@ from audit_mw.admin._access import AccessAction, Actor
 from audit_mw.admin.export import (
     MEDIA_TYPES,
     ExportKey,
+    ExportSigningKey,
     ExportStats,
-    export_key_from_env,
+    export_signing_key_from_env,
     stream_export,
 )
 from audit_mw.admin.openapi import openapi_document
@@ -158,7 +159,7 @@ class _AdminRoutes:
         pool: AsyncConnectionPool[Any],
         authorize: Authorize | None,
         codec: CursorCodec,
-        export_key: ExportKey | None,
+        export_key: ExportKey | ExportSigningKey | None,
         statement_timeout: float,
     ) -> None:
         self.pool = pool
@@ -303,9 +304,9 @@ class _AdminRoutes:
 
     async def export(self, request: Request) -> Response:
         export = parse_export_range(request.query_params.multi_items())
-        key = self.export_key or export_key_from_env()
+        key = self.export_key or export_signing_key_from_env()
         if key is None:
-            raise _Unavailable("exports are signed and need a key: set AUDIT_HMAC_KEY")
+            raise _Unavailable("exports are signed and need a key: set AUDIT_EXPORT_KEY")
         filters = {"from": export.start.isoformat(), "to": export.end.isoformat(),
                    "format": export.format}
         # Recorded before any data leaves; the end (rows, digest) is recorded when it is done.
@@ -393,7 +394,7 @@ def admin_app(
     authorize: Authorize | None = None,
     cursor_secret: bytes | None = None,
     cursor_ttl: float = 3600.0,
-    export_key: ExportKey | None = None,
+    export_key: ExportKey | ExportSigningKey | None = None,
     statement_timeout: float = 5.0,
 ) -> Starlette:
     """The admin routes as a Starlette app, to mount at ``/audit``.
@@ -405,7 +406,9 @@ def admin_app(
     - ``cursor_secret``: the key that signs pagination cursors; random per app unless
       given (give every worker of one deployment the same one). ``cursor_ttl``: seconds a
       cursor stays valid.
-    - ``export_key``: the key that signs export manifests; default ``AUDIT_HMAC_KEY``.
+    - ``export_key``: the key that signs export manifests: an :class:`ExportSigningKey`
+      (Ed25519; default ``AUDIT_EXPORT_KEY``), so the web process never holds the sealing
+      key; an HMAC :class:`ExportKey` is accepted too (then an auditor needs that secret).
     - ``statement_timeout``: seconds any one query may run (exports are exempt).
     """
     if not isinstance(pool, AsyncConnectionPool):

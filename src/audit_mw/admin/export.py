@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final
 
 import psycopg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -48,9 +50,12 @@ from audit_mw.admin._export_format import (
     CSV_MANIFEST,
     FORMAT_VERSION,
     ExportKey,
+    ExportSigningKey,
     csv_row,
     csv_value,
+    export_key_id,
     neutralise_cell,
+    public_key_from_text,
 )
 from audit_mw.admin.export_verify import VerifyResult, verify_export
 from audit_mw.admin.query import ExportRange
@@ -63,11 +68,14 @@ __all__ = [
     "FORMAT_VERSION",
     "ExportChain",
     "ExportKey",
+    "ExportSigningKey",
     "ExportStats",
     "ExportWriter",
     "VerifyResult",
     "export_key_from_env",
     "export_keys_from_env",
+    "export_public_keys_from_env",
+    "export_signing_key_from_env",
     "neutralise_cell",
     "stream_export",
     "verify_export",
@@ -78,14 +86,37 @@ MEDIA_TYPES: Final = {"ndjson": "application/x-ndjson", "csv": "text/csv; charse
 #: Rows fetched from the server cursor at a time: the memory an export holds.
 BATCH_ROWS: Final = 2000
 KEY_ENV: Final = "AUDIT_HMAC_KEY"
+#: The Ed25519 export key (base64 seed) and the public keys that verify exports.
+EXPORT_KEY_ENV: Final = "AUDIT_EXPORT_KEY"
+EXPORT_PUBLIC_ENV: Final = "AUDIT_EXPORT_PUBLIC_KEYS"
 
 #: One exported row as the export statement returns it: id, row_to_json text, chain
 #: position, content hash, entry hash (the last three null when not sealed), json nulls.
 ExportRow = tuple[int, str, int | None, bytes | None, bytes | None, list[str] | None]
 
 
+def export_signing_key_from_env(environ: Mapping[str, str] | None = None
+                                ) -> ExportSigningKey | None:
+    """The export key, ``AUDIT_EXPORT_KEY=BASE64`` (an Ed25519 seed; ``audit-mw keygen
+    --export`` makes one); ``None`` when it is not set. The admin app signs with it."""
+    env = os.environ if environ is None else environ
+    text = env.get(EXPORT_KEY_ENV, "").strip()
+    return ExportSigningKey.from_text(text) if text else None
+
+
+def export_public_keys_from_env(environ: Mapping[str, str] | None = None
+                                ) -> dict[str, Ed25519PublicKey]:
+    """The export public keys by id, ``AUDIT_EXPORT_PUBLIC_KEYS=BASE64,BASE64`` (the current
+    one and those of earlier export keys, so older exports still verify)."""
+    env = os.environ if environ is None else environ
+    keys = [public_key_from_text(t) for t in env.get(EXPORT_PUBLIC_ENV, "").split(",")
+            if t.strip()]
+    return {export_key_id(k): k for k in keys}
+
+
 def export_key_from_env(environ: Mapping[str, str] | None = None) -> ExportKey | None:
-    """The current checkpoint key, ``AUDIT_HMAC_KEY=KEY_ID:BASE64`` (as the sealer's)."""
+    """The current checkpoint key as an HMAC export key, ``AUDIT_HMAC_KEY=KEY_ID:BASE64``:
+    for the operator's own tools (the CLI, retention archives), never the web process."""
     ring = KeyRing.from_env(environ)
     if ring.current_kid is None:
         return None
@@ -142,7 +173,7 @@ class ExportWriter:
     """
 
     def __init__(
-        self, export: ExportRange, columns: Sequence[str], key: ExportKey,
+        self, export: ExportRange, columns: Sequence[str], key: ExportKey | ExportSigningKey,
         *, generated_at: datetime | None = None,
     ) -> None:
         self.export = export
@@ -227,25 +258,38 @@ class ExportWriter:
             # The checkpoint at or after the last exported position, as stored.
             "checkpoint": dict(chain.checkpoint) if chain and chain.checkpoint else None,
             "chain": chain.to_json(stats) if chain else None,
-            "verification": {
-                "digest": "SHA-256 of every byte before the manifest line",
-                "mac_algorithm": "HMAC-SHA256",
-                "mac_covers": "this manifest without mac, JSON with sorted keys, "
-                              "no spaces, ASCII",
-                "key_id": self.key.key_id,
-                "chain": "each sealed event's content and entry hash are recomputed from "
-                         "its values; with previous_entry_hash and the links they must "
-                         "reach the checkpoint's head, which its HMAC key or Ed25519 "
-                         "public key authenticates",
-                "command": "audit-mw verify-export FILE (with AUDIT_HMAC_KEY or "
-                           "AUDIT_HMAC_KEYS holding this key id, and/or --public-key)",
-            },
+            "verification": _verification(self.key),
         }
-        manifest["mac"] = self.key.mac(manifest)
+        if isinstance(self.key, ExportSigningKey):
+            manifest["signature"] = self.key.sign(manifest)
+        else:
+            manifest["mac"] = self.key.mac(manifest)
         text = json.dumps(manifest, separators=(",", ":"), ensure_ascii=True)
         if self.export.format == "csv":
             return (CSV_MANIFEST + ',"' + text.replace('"', '""') + '"\r\n').encode()
         return json.dumps({"manifest": manifest}, separators=(",", ":")).encode() + b"\n"
+
+
+def _verification(key: ExportKey | ExportSigningKey) -> dict[str, Any]:
+    """How to check the export, written into the manifest for whoever receives the file."""
+    common = {
+        "digest": "SHA-256 of every byte before the manifest line",
+        "key_id": key.key_id,
+        "chain": "each sealed event's content and entry hash are recomputed from its values; "
+                 "with previous_entry_hash and the links they must reach the checkpoint's "
+                 "head, which its HMAC key or Ed25519 public key authenticates",
+    }
+    if isinstance(key, ExportSigningKey):
+        return {**common, "signature_algorithm": "Ed25519",
+                "signature_covers": "'audit_mw export manifest' and a line feed, then this "
+                                    "manifest without signature, JSON with sorted keys, no "
+                                    "spaces, ASCII",
+                "command": "audit-mw verify-export FILE --export-public-key KEY "
+                           "(and --public-key for the checkpoint)"}
+    return {**common, "mac_algorithm": "HMAC-SHA256",
+            "mac_covers": "this manifest without mac, JSON with sorted keys, no spaces, ASCII",
+            "command": "audit-mw verify-export FILE (with AUDIT_HMAC_KEY or AUDIT_HMAC_KEYS "
+                       "holding this key id)"}
 
 
 def _chain_json(position: int | None, content: bytes | None, entry: bytes | None,
@@ -331,7 +375,7 @@ def _read_chain(
 
 
 async def stream_export(
-    pool: AsyncConnectionPool[Any], export: ExportRange, key: ExportKey,
+    pool: AsyncConnectionPool[Any], export: ExportRange, key: ExportKey | ExportSigningKey,
     *, stats_out: list[ExportStats] | None = None, chunk_bytes: int = 1 << 16,
 ) -> AsyncIterator[bytes]:
     """The export file as chunks, read from one snapshot through a server-side cursor."""
@@ -360,7 +404,8 @@ async def stream_export(
 
 
 def write_export(
-    conn: psycopg.Connection[Any], export: ExportRange, key: ExportKey, out: BinaryIO
+    conn: psycopg.Connection[Any], export: ExportRange, key: ExportKey | ExportSigningKey,
+    out: BinaryIO,
 ) -> ExportStats:
     """Write the export to ``out`` from one snapshot; the CLI's shell of :class:`ExportWriter`."""
     with conn.transaction():

@@ -52,6 +52,9 @@ def register(commands: Any) -> None:
     p.add_argument("--kid", default="k1", help="key id for the HMAC key (default k1)")
     p.add_argument("--ed25519", action="store_true",
                    help="print an Ed25519 signing key pair instead")
+    p.add_argument("--export", action="store_true",
+                   help="print an Ed25519 export key pair (AUDIT_EXPORT_KEY for the web "
+                        "process, AUDIT_EXPORT_PUBLIC_KEYS for auditors)")
     p.set_defaults(handler=cmd_keygen)
 
 
@@ -156,7 +159,11 @@ def _print_result(result: VerifyResult) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    if args.ed25519:
+    if args.export:
+        private, public = generate_signing_key()
+        print(f"AUDIT_EXPORT_KEY={private}")
+        print(f"AUDIT_EXPORT_PUBLIC_KEYS={public}")
+    elif args.ed25519:
         private, public = generate_signing_key()
         print(f"AUDIT_SIGNING_KEY={private}")
         print(f"AUDIT_VERIFY_KEYS={public}")
