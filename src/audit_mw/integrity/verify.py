@@ -112,6 +112,7 @@ def _verify(
         raise IntegrityError("verify needs a connection that is not inside a transaction")
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("integrity", "read_only_snapshot"))
+        cur.execute(_sql.query("integrity", "pin_session"))
         cur.execute(_sql.query("integrity", "stream_work_mem"))
         check_event_columns(conn)
         cur.execute(_sql.query("integrity", "chain_id"))
