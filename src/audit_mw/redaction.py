@@ -77,16 +77,20 @@ _ANSI_RE: Final = re.compile(
     r"|\x9b[0-?]*[ -/]*[@-~]"           # 8-bit CSI
     r"|\x1b[@-_]?"                      # other two-character escapes, or a lone ESC
 )
+# Lone surrogates (U+D800-U+DFFF) are replaced too: JSON and Python let them through, but
+# they cannot be encoded as UTF-8, so an event holding one could be neither stored nor spooled.
 _CONTROL_RE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff]"
 )
 
 
 def clean_text(value: str) -> str:
     """``value`` without ANSI escapes and with every control character replaced by U+FFFD.
 
-    CR, LF, TAB, NUL, DEL, C1 controls, U+2028/U+2029 and bidi overrides are all replaced:
-    a cleaned value is always one line of printable text.
+    CR, LF, TAB, NUL, DEL, C1 controls, U+2028/U+2029, bidi overrides and lone surrogates
+    are all replaced: a cleaned value is always one line of printable text that encodes as
+    UTF-8 and that PostgreSQL accepts (no NUL).
     """
     if value.isprintable():
         return value
