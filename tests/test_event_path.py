@@ -20,10 +20,10 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from audit_mw._event_outcome import is_transient
 from audit_mw.errors import EventWriteError
 from audit_mw.events import EventSettings, alog_event, log_auth_event, log_event, replay
-from audit_mw.spool import Spool
+from audit_mw.events._outcome import is_transient
+from audit_mw.events.spool import Spool
 from tests._events import captured_json_log, log_records
 
 pytestmark = pytest.mark.db

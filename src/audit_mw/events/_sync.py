@@ -1,7 +1,7 @@
-"""The asynchronous event writer: the twin of ``_event_sync``, line for line.
+"""The synchronous event writer: moves records to the database, the spool and the log.
 
-Spool file operations stay synchronous: they are short, local, and only run when the
-database failed or the spool holds something.
+A thin shell around :mod:`audit_mw.events._core`; ``events._async`` is its twin, line for
+line. Keep them in step.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from typing import Any, TypeAlias
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import ConnectionPool
 
 from audit_mw import _sql
-from audit_mw._event_core import EventRecord, EventResult, EventSettings
-from audit_mw._event_outcome import (
+from audit_mw.events._core import EventRecord, EventResult, EventSettings
+from audit_mw.events._outcome import (
     ReplayResult,
     check_target,
     is_transient,
@@ -26,45 +26,43 @@ from audit_mw._event_outcome import (
     stored,
     write_failed,
 )
-from audit_mw.spool import Spool, SpoolBatch
+from audit_mw.events.spool import Spool, SpoolBatch
 
-__all__ = ["AsyncDatabase", "replay", "write"]
+__all__ = ["Database", "replay", "write"]
 
 #: Where events are written: a pool (a separate checkout per event) or a connection.
-AsyncDatabase: TypeAlias = "AsyncConnectionPool[Any] | psycopg.AsyncConnection[Any]"
+Database: TypeAlias = "ConnectionPool[Any] | psycopg.Connection[Any]"
 
 _BATCH = 200
 
 
-async def _execute(
-    conn: psycopg.AsyncConnection[Any], params: dict[str, Any]
-) -> tuple[Any, ...]:
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(_sql.query("events", "log_event"), params)
-        row = await cur.fetchone()
+def _execute(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[Any, ...]:
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(_sql.query("events", "log_event"), params)
+        row = cur.fetchone()
     if row is None:  # the function always returns one row
         raise psycopg.DataError("audit.log_event() returned no row")
     return row
 
 
-async def _store(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
+def _store(db: Database, record: EventRecord, *, in_transaction: bool,
            settings: EventSettings) -> tuple[Any, ...]:
-    if isinstance(db, AsyncConnectionPool):
-        async with db.connection(timeout=settings.timeout) as conn, conn.transaction():
-            return await _execute(conn, record.params)
+    if isinstance(db, ConnectionPool):
+        with db.connection(timeout=settings.timeout) as conn, conn.transaction():
+            return _execute(conn, record.params)
     if in_transaction:
-        return await _execute(db, record.params)
-    async with db.transaction():
-        return await _execute(db, record.params)
+        return _execute(db, record.params)
+    with db.transaction():
+        return _execute(db, record.params)
 
 
-async def write(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
+def write(db: Database, record: EventRecord, *, in_transaction: bool,
           settings: EventSettings) -> EventResult:
     """Store ``record``; on failure spool it or raise, as ``settings`` say."""
-    check_target(db, in_transaction, pool_types=(AsyncConnectionPool,),
-                 connection_types=(psycopg.AsyncConnection,))
+    check_target(db, in_transaction, pool_types=(ConnectionPool,),
+                 connection_types=(psycopg.Connection,))
     try:
-        row = await _store(db, record, in_transaction=in_transaction, settings=settings)
+        row = _store(db, record, in_transaction=in_transaction, settings=settings)
     except psycopg.Error as exc:
         # Only a failure that can pass is spooled: a permanent one would block the spool
         # and fail again on every replay, so it is the caller's to handle, now.
@@ -79,17 +77,17 @@ async def write(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
     result = stored(record, settings, row)
     if settings.spool is not None and not in_transaction and settings.spool.has_pending():
         try:
-            await replay(db, settings.spool, settings=settings, wait=False)
+            replay(db, settings.spool, settings=settings, wait=False)
         except Exception as exc:
             replay_error(settings.spool, settings, exc)
     return result
 
 
-async def replay(db: AsyncDatabase, spool: Spool, *, settings: EventSettings,
+def replay(db: Database, spool: Spool, *, settings: EventSettings,
            wait: bool = True) -> ReplayResult:
     """Store every spooled event (idempotent); see :func:`audit_mw.events.replay`."""
-    check_target(db, False, pool_types=(AsyncConnectionPool,),
-                 connection_types=(psycopg.AsyncConnection,))
+    check_target(db, False, pool_types=(ConnectionPool,),
+                 connection_types=(psycopg.Connection,))
     with spool.replaying(wait=wait) as batch:
         if batch is None:
             return ReplayResult(skipped=True)
@@ -99,13 +97,13 @@ async def replay(db: AsyncDatabase, spool: Spool, *, settings: EventSettings,
             for start in range(0, len(records), _BATCH):
                 chunk = records[start:start + _BATCH]
                 try:
-                    rows = await _store_many(db, [r for _, r in chunk], settings)
+                    rows = _store_many(db, [r for _, r in chunk], settings)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
                     # Something in the chunk is refused for good: one by one, so that
                     # everything else is stored and only that record is set aside.
-                    await _store_each(db, chunk, batch, result, settings)
+                    _store_each(db, chunk, batch, result, settings)
                     continue
                 for (index, _), row in zip(chunk, rows, strict=True):
                     batch.stored(index)
@@ -116,11 +114,11 @@ async def replay(db: AsyncDatabase, spool: Spool, *, settings: EventSettings,
     return result.report(spool, settings)
 
 
-async def _store_each(db: AsyncDatabase, chunk: list[tuple[int, EventRecord]],
+def _store_each(db: Database, chunk: list[tuple[int, EventRecord]],
                 batch: SpoolBatch, result: ReplayResult, settings: EventSettings) -> None:
     for index, record in chunk:
         try:
-            row = (await _store_many(db, [record], settings))[0]
+            row = (_store_many(db, [record], settings))[0]
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -130,12 +128,12 @@ async def _store_each(db: AsyncDatabase, chunk: list[tuple[int, EventRecord]],
             result.count(row)
 
 
-async def _store_many(db: AsyncDatabase, records: list[EventRecord],
+def _store_many(db: Database, records: list[EventRecord],
                 settings: EventSettings) -> list[tuple[Any, ...]]:
     # One transaction per chunk: a chunk is stored whole or not at all, and a replay that
     # stops half-way leaves only unstored (or harmlessly re-sendable) lines behind.
-    if isinstance(db, AsyncConnectionPool):
-        async with db.connection(timeout=settings.timeout) as conn, conn.transaction():
-            return [await _execute(conn, r.params) for r in records]
-    async with db.transaction():
-        return [await _execute(db, r.params) for r in records]
+    if isinstance(db, ConnectionPool):
+        with db.connection(timeout=settings.timeout) as conn, conn.transaction():
+            return [_execute(conn, r.params) for r in records]
+    with db.transaction():
+        return [_execute(db, r.params) for r in records]
