@@ -226,6 +226,11 @@ JOIN audit.events AS e ON e.id = c.event_id
 WHERE c.position > %(after)s
 ORDER BY c.position;
 
+-- name: event_id_count
+-- How many rows carry one event id (the primary key is (id, occurred_at): a forged copy
+-- with another timestamp can share the id).
+SELECT pg_catalog.count(*) AS n FROM audit.events WHERE id = %(id)s;
+
 -- name: chain_position_of_content
 SELECT position FROM audit.chain WHERE content_hash = %(hash)s ORDER BY position LIMIT 1;
 
