@@ -45,7 +45,11 @@ JSONB_COLUMNS: Final = frozenset({"old_values", "new_values", "context_extra", "
 ARRAY_COLUMNS: Final = frozenset({"changed_fields", "context_issues"})
 CSV_MANIFEST: Final = "#manifest"
 MIN_KEY_BYTES: Final = 16
-_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r", "'")
+#: Starts a spreadsheet may run as a formula: the ASCII signs, their full-width and small
+#: forms (some spreadsheets fold them), ``'`` (so the prefix can always be taken off again);
+#: any leading whitespace (a space, tab, CR, LF, NBSP ... before ``=``) is covered apart.
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "'", "\uff1d", "\uff0b", "\uff0d", "\uff20",
+                          "\ufe66", "\ufe62", "\ufe63", "\ufe6b", "\u2212")
 _CSV_CELL = re.compile(r'"((?:[^"]|"")*)"|([^,"\r\n]*)')
 
 
@@ -160,12 +164,15 @@ def canonical_manifest(manifest: Mapping[str, Any]) -> bytes:
 
 
 def neutralise_cell(value: str) -> str:
-    """``value`` made inert for spreadsheets: a leading formula character gets a ``'``.
+    """``value`` made inert for spreadsheets: a leading formula character (ASCII or a
+    full-width look-alike) or leading whitespace gets a ``'``.
 
     A value that already starts with ``'`` gets one too, so that taking one leading ``'``
     off (:func:`restore_cell`) always gives the value back.
     """
-    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+    if value.startswith(_FORMULA_STARTS) or (value and value[0].isspace()):
+        return "'" + value
+    return value
 
 
 def restore_cell(cell: str) -> str:
