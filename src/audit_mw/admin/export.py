@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final
@@ -377,11 +377,19 @@ def _read_chain(
 async def stream_export(
     pool: AsyncConnectionPool[Any], export: ExportRange, key: ExportKey | ExportSigningKey,
     *, stats_out: list[ExportStats] | None = None, chunk_bytes: int = 1 << 16,
-) -> AsyncIterator[bytes]:
-    """The export file as chunks, read from one snapshot through a server-side cursor."""
+    total_timeout: float | None = None, idle_timeout: float | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """The export file as chunks, read from one snapshot through a server-side cursor.
+
+    ``total_timeout`` bounds each statement, ``idle_timeout`` how long the transaction may
+    sit idle while the consumer does not ask for the next chunk (the server then ends the
+    session); seconds, ``None`` for no limit.
+    """
     async with pool.connection() as conn, conn.transaction():
         await conn.execute(_sql.query("admin", "export_snapshot"))
         await conn.execute(_sql.query("admin", "read_only"), {"timeout_ms": "0"})
+        await conn.execute(_sql.query("admin", "export_limits"), {
+            "total_ms": _ms(total_timeout), "idle_ms": _ms(idle_timeout)})
         columns = [r[0] for r in await (
             await conn.execute(_sql.query("admin", "event_columns"))).fetchall()]
         writer = ExportWriter(export, columns, key)
@@ -401,6 +409,10 @@ async def stream_export(
         chain = await _read_chain_async(conn, export, writer.stats)
         pending.append(writer.manifest(chain))
         yield b"".join(pending)
+
+
+def _ms(seconds: float | None) -> str:
+    return "0" if seconds is None else str(max(1, round(seconds * 1000)))
 
 
 def write_export(

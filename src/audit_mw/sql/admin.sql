@@ -57,6 +57,12 @@ ORDER BY a.attnum;
 -- An export reads one snapshot, so that its count and its rows agree.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 
+-- name: export_limits
+-- An export may take long, but not forever, and may not sit in an open transaction while a
+-- client does not read: the server ends the session (and its transaction) after idle_ms.
+SELECT pg_catalog.set_config('statement_timeout', %(total_ms)s, true),
+       pg_catalog.set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true);
+
 -- name: export_rows
 -- In chain order, (txid, id): the sealed events first, in chain position order (the order
 -- a verifier walks the chain in), then the events not sealed yet. Each sealed event comes
