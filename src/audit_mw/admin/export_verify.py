@@ -55,7 +55,7 @@ from audit_mw.integrity.checkpoints import Checkpoint
 from audit_mw.integrity.keys import KeyRing
 from audit_mw.integrity.segment import Link, SegmentVerifier
 
-__all__ = ["VerifyResult", "verify_export"]
+__all__ = ["ExportVerifyResult", "verify_export"]
 
 KEY_ENV: Final = "AUDIT_HMAC_KEY"
 Keys = KeyRing | ExportKey | ExportSigningKey | Mapping[str, ExportKey] | None
@@ -63,7 +63,7 @@ ExportPublicKeys = Iterable[Ed25519PublicKey | str] | Mapping[str, Ed25519Public
 
 
 @dataclass(frozen=True, slots=True)
-class VerifyResult:
+class ExportVerifyResult:
     """The outcome of :func:`verify_export`: ``ok``, or the problems found."""
 
     ok: bool
@@ -304,7 +304,7 @@ def verify_export(
     *,
     export_public_keys: ExportPublicKeys = None,
     max_problems: int = 20,
-) -> VerifyResult:
+) -> ExportVerifyResult:
     """Check an export file offline: its sealed events against the chain and checkpoint,
     its order and range, and its manifest (MAC, digest, counts).
 
@@ -325,7 +325,7 @@ def verify_export(
     body = _lines_but_last(lines, digest)
     peek = next(body, None)
     if peek is None:
-        return VerifyResult(False, ("modified: the file has fewer than two lines: not an "
+        return ExportVerifyResult(False, ("modified: the file has fewer than two lines: not an "
                                     "export",), 0, None)
     fmt = "ndjson" if peek.startswith(b"{") else "csv"
 
@@ -348,7 +348,7 @@ def verify_export(
     return _result(check, manifest)
 
 
-def _result(check: _Check, manifest: Mapping[str, Any] | None) -> VerifyResult:
+def _result(check: _Check, manifest: Mapping[str, Any] | None) -> ExportVerifyResult:
     segment = check.segment
     chained = segment.checked if segment is not None and not segment.findings else 0
     if check.problems:
@@ -359,8 +359,8 @@ def _result(check: _Check, manifest: Mapping[str, Any] | None) -> VerifyResult:
         status = "valid"
     problems = check.problems[: check.max_problems] + (
         check.unverifiable if status == "unverifiable" else [])
-    return VerifyResult(
-        ok=status in ("valid", "valid_chain_only"), problems=tuple(problems),
+    return ExportVerifyResult(
+        ok=status == "valid", problems=tuple(problems),
         count=check.count, manifest=manifest, status=status, sealed=check.sealed,
         unsealed=check.unsealed, chain_checked=chained, warnings=tuple(check.warnings))
 
