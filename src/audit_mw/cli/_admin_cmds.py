@@ -35,6 +35,7 @@ def register(commands: Any) -> None:
                    help="first instant excluded (ISO 8601 with a time zone)")
     p.add_argument("--format", choices=("ndjson", "csv"), default="ndjson")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_export)
 
     p = commands.add_parser(
@@ -87,6 +88,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         record(conn, TrailAccessAction.EXPORTED, actor, success=True, metadata={
             "endpoint": "cli export", "filters": filters, "rows": stats.count,
             "sha256": stats.sha256})
+    if args.json:
+        print(json.dumps({"file": str(target), "count": stats.count, "sealed": stats.sealed,
+                          "unsealed": stats.unsealed, "sha256": stats.sha256,
+                          "first": stats.first, "last": stats.last}))
+        return 0
     ids = (f"ids {stats.first['id']}..{stats.last['id']}"
            if stats.first and stats.last else "no entries")
     print(f"exported {stats.count} entries ({ids}) to {target}; {stats.sealed} sealed, "
