@@ -172,3 +172,34 @@ async def test_a_cursor_from_one_instance_works_on_another(
         cursor = (await three.get("/events", params={"limit": "10"})).json()["next_cursor"]
         refused = await four.get("/events", params={"limit": "10", "cursor": cursor})
         assert refused.status_code == 400
+
+
+async def test_a_client_that_disconnects_ends_the_export_transaction(
+    conn: psycopg.Connection[Any], pool: AsyncConnectionPool[Any]
+) -> None:
+    generate_events(conn, 20_000)
+    app = admin_app(pool, authorize=allow, export_key=SIGNER, export_idle_timeout=60.0)
+    first_chunk = asyncio.Event()
+    stalled = asyncio.Event()
+    sent_request = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent_request
+        if not sent_request:
+            sent_request = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await first_chunk.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            first_chunk.set()
+            await stalled.wait()  # a full socket: only the disconnect can end this
+
+    path, _, query = EXPORT_URL.partition("?")
+    started = time.monotonic()
+    await asyncio.wait_for(app(_scope(path, query), receive, send), timeout=30)
+    assert time.monotonic() - started < 10  # far below the 60 s idle limit
+    assert _open_transactions(conn) == 0
+    ends = [e for e in access_events(conn) if e["action"] == "audit_exported"]
+    assert ends[-1]["success"] is False
