@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg_pool import AsyncConnectionPool
 
 from audit_mw.admin import admin_app
-from audit_mw.admin._export_format import parse_csv_record
+from audit_mw.admin._export_format import MerkleRoot, parse_csv_record
 from audit_mw.admin.export import ExportSigningKey, verify_export, write_export
 from audit_mw.admin.query import parse_export_range
 from audit_mw.cli import main
@@ -191,3 +191,38 @@ async def test_web_app_without_the_sealing_key_serves_exports_that_verify(
         response = await http.get("/export", params=RANGE)
         assert response.status_code == 503
         assert "AUDIT_EXPORT_KEY" in response.json()["message"]
+
+
+def _rfc6962(leaves: list[bytes]) -> bytes:
+    """The Merkle tree head of RFC 6962, section 2.1, written as the RFC says."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return hashlib.sha256(b"\x00" + leaves[0]).digest()
+    split = 1
+    while split * 2 < len(leaves):
+        split *= 2
+    return hashlib.sha256(b"\x01" + _rfc6962(leaves[:split]) + _rfc6962(leaves[split:])).digest()
+
+
+def test_the_streamed_merkle_root_is_rfc_6962() -> None:
+    for n in range(40):
+        leaves = [f"event {i}".encode() for i in range(n)]
+        tree = MerkleRoot()
+        for leaf in leaves:
+            tree.add(leaf)
+        assert tree.hexdigest() == _rfc6962(leaves).hex(), n
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_the_manifest_carries_the_merkle_root_of_the_event_lines(
+    conn: psycopg.Connection[Any], tmp_path: Path, fmt: str
+) -> None:
+    _trail(conn)
+    lines = _export(conn, tmp_path, fmt)
+    if fmt == "ndjson":
+        manifest = _manifest(lines)
+        events = [line.rstrip(b"\n") for line in lines[1:-1]]
+        assert manifest["events_merkle_root"] == _rfc6962(events).hex()
+    result = verify_export(lines, CHECKPOINT_PUBLIC, export_public_keys=[EXPORT_PUBLIC])
+    assert result.status == "valid", result.problems

@@ -162,6 +162,36 @@ def check_manifest_signature(
     return None
 
 
+class MerkleRoot:
+    """The RFC 6962 Merkle tree head (SHA-256) over a sequence of leaves, built as they come
+    with memory for log2(n) hashes: leaf ``H(0x00 || data)``, node ``H(0x01 || left ||
+    right)``, the empty tree ``H()``. The manifest carries it over the export's event lines,
+    so one event can be proved to be in a signed export with log2(n) hashes."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []  # (subtree size, hash), sizes decreasing
+        self.count = 0
+
+    def add(self, data: bytes) -> None:
+        """Append one leaf."""
+        node = (1, hashlib.sha256(b"\x00" + data).digest())
+        # Merge equal complete subtrees: the stack stays a list of perfect trees.
+        while self._stack and self._stack[-1][0] == node[0]:
+            size, left = self._stack.pop()
+            node = (size * 2, hashlib.sha256(b"\x01" + left + node[1]).digest())
+        self._stack.append(node)
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        """The root so far, hex."""
+        if not self._stack:
+            return hashlib.sha256(b"").hexdigest()
+        root = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            root = hashlib.sha256(b"\x01" + left + root).digest()
+        return root.hex()
+
+
 def canonical_manifest(manifest: Mapping[str, Any]) -> bytes:
     """The bytes a manifest's MAC or signature covers: JSON without ``mac`` and
     ``signature``, sorted keys, no spaces, ASCII."""

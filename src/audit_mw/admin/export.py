@@ -54,6 +54,7 @@ from audit_mw.admin._export_format import (
     ExportKey,
     ExportSigningKey,
     ExportStats,
+    MerkleRoot,
     csv_row,
     csv_value,
     export_key_id,
@@ -151,6 +152,7 @@ class ExportWriter:
         self._digest = hashlib.sha256()
         self._last_text: str | None = None
         self._last_position: int | None = None
+        self._merkle = MerkleRoot()
 
     def _emit(self, data: bytes) -> bytes:
         self._digest.update(data)
@@ -184,12 +186,17 @@ class ExportWriter:
         self._last_text = batch[-1][1]
         self._last_position = batch[-1][2]
         if self.export.format == "csv":
-            return self._emit("".join(self._csv_line(row) for row in batch).encode())
+            records = [self._csv_line(row) for row in batch]
+            for record in records:
+                self._merkle.add(record[:-2].encode())  # without its CRLF
+            return self._emit("".join(records).encode())
         # row_to_json never prints a raw newline, so each event is one line; the chain
         # columns are spliced in before its closing brace.
-        return self._emit("".join(
-            text[:-1] + _chain_json(position, content, entry, nulls) + "\n"
-            for _, text, position, content, entry, nulls in batch).encode())
+        lines = [text[:-1] + _chain_json(position, content, entry, nulls)
+                 for _, text, position, content, entry, nulls in batch]
+        for line in lines:
+            self._merkle.add(line.encode())
+        return self._emit(("\n".join(lines) + "\n").encode())
 
     def _csv_line(self, row: ExportRow) -> str:
         _, text, position, content, entry, nulls = row
@@ -220,6 +227,9 @@ class ExportWriter:
             "last": stats.last,
             "columns": self.columns,
             "sha256": stats.sha256,
+            # One leaf per event line (without its line end), RFC 6962: lets a single
+            # event be proved to be in this signed export.
+            "events_merkle_root": self._merkle.hexdigest(),
             "generated_at": _iso(self.generated_at),
             # The checkpoint at or after the last exported position, as stored.
             "checkpoint": dict(chain.checkpoint) if chain and chain.checkpoint else None,
@@ -240,6 +250,9 @@ def _verification(key: AnyExportKey) -> dict[str, Any]:
     """How to check the export, written into the manifest for whoever receives the file."""
     common = {
         "digest": "SHA-256 of every byte before the manifest line",
+        "events_merkle": "RFC 6962 Merkle tree head (SHA-256; leaf 0x00 || line, node "
+                         "0x01 || left || right) over each event's line or CSV record, "
+                         "without its line end, in file order",
         "key_id": key.key_id,
         "chain": "each sealed event's content and entry hash are recomputed from its values; "
                  "with previous_entry_hash and the links they must reach the checkpoint's "

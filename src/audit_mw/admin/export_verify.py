@@ -41,6 +41,7 @@ from audit_mw.admin._export_format import (
     READ_VERSIONS,
     ExportKey,
     ExportSigningKey,
+    MerkleRoot,
     chain_fields,
     check_manifest_signature,
     csv_records,
@@ -157,6 +158,7 @@ class _Check:
                  max_problems: int) -> None:
         self.manifest = manifest
         self.export_publics: dict[str, Ed25519PublicKey] = {}
+        self.merkle = MerkleRoot()
         self.max_problems = max_problems
         self.problems: list[str] = []
         self.warnings: list[str] = []
@@ -257,6 +259,7 @@ def _events(lines: Iterable[bytes], fmt: str, check: _Check) -> None:
         check.problem("modified", "line 1 is not an audit_mw export header (format "
                                   f"version {' or '.join(map(str, sorted(READ_VERSIONS)))})")
     for number, line in enumerate(text_lines, start=2):
+        check.merkle.add((line[:-1] if line.endswith("\n") else line).encode())
         try:
             event = parse_json(line)
         except ValueError:
@@ -278,6 +281,7 @@ def _csv_events(text_lines: Iterator[str], check: _Check) -> None:
         return
     names = [str(name) for name in header]
     for number, text in records:
+        check.merkle.add(text.encode())
         cells = parse_csv_record(text)
         if cells is None or len(cells) != len(names):
             check.problem("modified", f"line {number}: not a record of {len(names)} cells")
@@ -378,6 +382,10 @@ def _check_manifest(
     if manifest.get("format") != fmt:
         check.problem("modified", f"the manifest says format {manifest.get('format')!r}, "
                                   f"the file is {fmt}")
+    root = manifest.get("events_merkle_root")
+    if root is not None and root != check.merkle.hexdigest():
+        check.problem("modified", "the Merkle root of the event lines does not match the "
+                                  "manifest: lines were edited, removed, added or reordered")
     if manifest.get("sha256") != sha256:
         check.problem("modified", "the SHA-256 of the exported lines does not match the "
                                   "manifest: lines were edited, removed or added")
