@@ -143,7 +143,7 @@ def seal(
         holder = (f"backend {locked[1]} (role {locked[2]}) since {locked[3]}"
                   if locked and locked[1] is not None else None)
         return SealResult(0, (), 0, None, busy=True, holder=holder,
-                          oldest_unsealed=row[0] if row else None)
+                          oldest_unsealed=dt.datetime.fromisoformat(row[0]) if row else None)
     try:
         return _seal_locked(conn, keys, sinks, batch_size, max_batches)
     finally:

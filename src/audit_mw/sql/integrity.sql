@@ -121,7 +121,9 @@ SELECT pg_catalog.current_setting('server_encoding');
 -- One sealer at a time, per database: a lease in audit.seal_lease that only roles that may
 -- seal can take (an advisory lock can be held by any role, and would silence sealing). Held
 -- across batches, taken before any batch's snapshot; it lapses with a crashed backend.
-SELECT taken AS locked, holder_pid, holder_role, taken_at
+-- Times as ISO 8601 text in UTC: no session DateStyle or TimeZone changes what is read.
+SELECT taken AS locked, holder_pid, holder_role,
+       pg_catalog.to_char(taken_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS taken_at
 FROM audit.take_seal_lease();
 
 -- name: unlock
@@ -133,14 +135,15 @@ SELECT pg_catalog.to_regprocedure('audit.take_seal_lease()') IS NOT NULL AS pres
 -- name: try_lock_before_0008
 -- Schema versions before 8 (a database sealed before its upgrade): the advisory lock.
 SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('audit_mw.seal')) AS locked,
-       NULL::integer AS holder_pid, NULL::text AS holder_role, NULL::timestamptz AS taken_at;
+       NULL::integer AS holder_pid, NULL::text AS holder_role, NULL::text AS taken_at;
 
 -- name: unlock_before_0008
 SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('audit_mw.seal'));
 
 -- name: oldest_unsealed
 -- When the oldest event after the sealed ones was written: how long the backlog has waited.
-SELECT e.occurred_at
+SELECT pg_catalog.to_char(e.occurred_at AT TIME ZONE 'UTC',
+                          'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') AS occurred_at
 FROM audit.events AS e
 WHERE (e.txid, e.id) > (SELECT c.event_txid, c.event_id FROM audit.chain AS c
                         ORDER BY c.position DESC LIMIT 1)
