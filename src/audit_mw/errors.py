@@ -10,6 +10,7 @@ Every error the package raises on purpose derives from :class:`AuditError`::
      +-- IntegrityError         verification could not run (not: "the chain is broken")
      +-- QueryError             bad input to the query/export API (a 400 in the admin routes)
      +-- RetentionError         a retention policy or legal hold request was refused
+     +-- ArchiveError           an archive could not be written or read (not: "it is tampered")
 
 Messages are lower-case, say what was wrong and, where it helps, what to do about it.
 """
@@ -17,6 +18,7 @@ Messages are lower-case, say what was wrong and, where it helps, what to do abou
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveError",
     "AuditError",
     "ConfigurationError",
     "EventWriteError",
@@ -66,3 +68,7 @@ class QueryError(AuditError):
 
 class RetentionError(AuditError):
     """A retention policy, legal hold or partition drop was refused (nothing was dropped)."""
+
+
+class ArchiveError(AuditError):
+    """An archive could not be written, read back or reached (storage, missing extra)."""
