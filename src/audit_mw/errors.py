@@ -11,6 +11,7 @@ Every error the package raises on purpose derives from :class:`AuditError`::
      +-- QueryError             bad input to the query/export API (a 400 in the admin routes)
      +-- RetentionError         a retention policy or legal hold request was refused
      +-- ArchiveError           an archive could not be written or read (not: "it is tampered")
+     +-- StreamError            the live stream cannot go on (a sink refused, bad state file)
 
 Messages are lower-case, say what was wrong and, where it helps, what to do about it.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "QueryError",
     "RetentionError",
     "SchemaError",
+    "StreamError",
     "TrackingError",
 ]
 
@@ -72,3 +74,7 @@ class RetentionError(AuditError):
 
 class ArchiveError(AuditError):
     """An archive could not be written, read back or reached (storage, missing extra)."""
+
+
+class StreamError(AuditError):
+    """The live stream cannot go on: a sink refused the events, or its state is unusable."""

@@ -50,7 +50,7 @@ from audit_mw.integrity.canonical import COLUMNS
 from audit_mw.integrity.chain import GENESIS
 from audit_mw.integrity.keys import KeyRing
 from audit_mw.integrity.seal import checkpoint_from_row
-from audit_mw.partitions import PartitionInfo, list_partitions
+from audit_mw.capture.partitions import PartitionInfo, list_partitions
 
 __all__ = ["ArchiveRun", "MonthArchive", "archive_months", "archive_partition"]
 
