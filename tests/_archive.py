@@ -12,8 +12,8 @@ import psycopg
 from audit_mw_examples.shop import setup_database
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit_mw.integrity.keys import KeyRing
 from audit_mw.capture.partitions import create_partition
+from audit_mw.integrity.keys import KeyRing
 from tests._integrity import HMAC_SECRET
 from tests._retention import month_range
 

@@ -120,10 +120,12 @@ def test_the_product_questions_and_a_query_spanning_archive_and_live_trail(
                        " occurred_at >= ? AND occurred_at < ?",
                        [FIRST, month_range(2024, 3)[0]]).fetchone()
     expected = sum(1 for r in shop.before if r[8] == "user:2" and r[1] < month_range(2024, 3)[0])
-    assert user == (expected,) and expected > 0
+    assert user == (expected,)
+    assert expected > 0
     failed = con.execute("SELECT client_ip, count(*) FROM audit_archive WHERE action ="
                          " 'login_failed' GROUP BY 1 ORDER BY 1").fetchall()
-    assert sum(n for _, n in failed) == 18 and len(failed) == 3
+    assert sum(n for _, n in failed) == 18
+    assert len(failed) == 3
     # One query over both: the archive and the live trail (read through psycopg).
     attach_live(con, shop.conn)
     both = con.execute("SELECT count(*), min(occurred_at), count(DISTINCT id) FROM audit_all"
@@ -180,8 +182,10 @@ def test_an_edited_event_is_named(archived: tuple[Shop, Path]) -> None:
     for keys in (KEYS, PUBLIC):
         problems = _problems(url, keys)
         named = [p for p in problems if p.event_id == victim]
-        assert named and named[0].kind == "modified", problems
-        assert f"event {victim}" in named[0].detail and named[0].partition == "events_p202402"
+        assert named, problems
+        assert named[0].kind == "modified"
+        assert f"event {victim}" in named[0].detail
+        assert named[0].partition == "events_p202402"
 
 
 def test_an_edit_with_recomputed_chain_columns_is_still_caught(
@@ -205,7 +209,8 @@ def test_a_removed_event_is_named_by_its_position(archived: tuple[Shop, Path]) -
     rows = _rewrite(url / FEB, lambda r: r[:10] + r[11:])
     problems = _problems(url)
     missing = [p for p in problems if p.kind == "missing"]
-    assert missing and missing[0].position == rows[10]["chain_position"], problems
+    assert missing, problems
+    assert missing[0].position == rows[10]["chain_position"]
     assert f"chain position {rows[10]['chain_position']} is missing" in missing[0].detail
 
 
@@ -214,7 +219,8 @@ def test_reordered_events_are_named(archived: tuple[Shop, Path]) -> None:
     rows = _rewrite(url / FEB, lambda r: [*r[:4], r[5], r[4], *r[6:]])
     problems = _problems(url)
     reordered = [p for p in problems if p.kind == "reordered"]
-    assert reordered and reordered[0].event_id == rows[5]["id"], problems
+    assert reordered, problems
+    assert reordered[0].event_id == rows[5]["id"]
 
 
 def test_an_added_event_is_named(archived: tuple[Shop, Path]) -> None:
@@ -251,7 +257,8 @@ def test_verification_needs_a_key_that_signed_it(archived: tuple[Shop, Path]) ->
     from audit_mw.integrity.keys import KeyRing  # noqa: PLC0415
 
     result = verify_archive(str(url), KeyRing.build({"other": b"o" * 32}))
-    assert result.status == "unverifiable" and result.exit_code == 2
+    assert result.status == "unverifiable"
+    assert result.exit_code == 2
 
 
 # --- nothing is dropped without a verified archive --------------------------------------------
@@ -271,7 +278,8 @@ def test_a_partition_whose_archive_does_not_verify_is_not_dropped(
         _retain(shop, str(url), verify_first=False)
     assert "modified" in str(caught.value)
     names = partition_names(conn)
-    assert "events_p202402" in names and "events_p202401" not in names
+    assert "events_p202402" in names
+    assert "events_p202401" not in names
     assert not (url / "year=2024" / "month=02" / "events_p202402.parquet").exists()
     assert verify_archive(str(url), KEYS).status == "valid"  # January alone, intact
 

@@ -104,9 +104,10 @@ def _wait(condition: Any, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.slow
-def test_sigkill_mid_run_loses_nothing_while_writers_write_and_the_sealer_seals(
-        dsn: str, tmp_path: Path) -> None:
+@contextmanager
+def busy_trail(dsn: str) -> Iterator[list[int]]:
+    """Two writers committing application events and a sealer sealing every 0.1 s, until
+    the block ends; yields the number of events each writer wrote."""
     stop = threading.Event()
     written = [0, 0]
 
@@ -127,13 +128,24 @@ def test_sigkill_mid_run_loses_nothing_while_writers_write_and_the_sealer_seals(
                 seal(conn, KEYS)
                 time.sleep(0.1)
 
-    state = tmp_path / "stream.state"
     threads = [threading.Thread(target=writer, args=(i,)) for i in (0, 1)]
     threads.append(threading.Thread(target=sealer))
-    with receiver() as r, psycopg.connect(dsn, autocommit=True) as conn:
+    for t in threads:
+        t.start()
+    try:
+        yield written
+    finally:
+        stop.set()
         for t in threads:
-            t.start()
-        try:
+            t.join(30)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_loses_nothing_while_writers_write_and_the_sealer_seals(
+        dsn: str, tmp_path: Path) -> None:
+    state = tmp_path / "stream.state"
+    with receiver() as r, psycopg.connect(dsn, autocommit=True) as conn:
+        with busy_trail(dsn) as written:
             first = _streamer(dsn, r.url, state)
             _wait(lambda: len(r.ids()) >= 150)
             first.send_signal(signal.SIGKILL)
@@ -144,10 +156,6 @@ def test_sigkill_mid_run_loses_nothing_while_writers_write_and_the_sealer_seals(
             assert _head(conn) > killed_at.position  # there was more to send
             second = _streamer(dsn, r.url, state)
             time.sleep(1.0)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(30)
         while seal(conn, KEYS).sealed:
             pass
         expected = _chain_ids(conn)
@@ -161,8 +169,8 @@ def test_sigkill_mid_run_loses_nothing_while_writers_write_and_the_sealer_seals(
         assert len(expected) >= sum(written)
         assert len(got) - len(set(got)) <= 20  # at most the batch in flight, resent
         final = StreamState.load(state)
-        assert final is not None and final.position == len(expected)
-        # Each receiver request holds a run of consecutive chain positions, in order.
+        assert final is not None
+        assert final.position == len(expected)
         positions = [int(e["chain_position"]) for e in r.events]
         assert sorted(set(positions)) == list(range(1, len(expected) + 1))
 

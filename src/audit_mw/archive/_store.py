@@ -19,7 +19,8 @@ def require(module: str) -> Any:
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as exc:
-        raise ArchiveError(f"the archive needs {module.split('.')[0]}: {EXTRA_HINT}") from exc
+        name = module.split(".", maxsplit=1)[0]
+        raise ArchiveError(f"the archive needs {name}: {EXTRA_HINT}") from exc
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 
 from audit_mw import _sql
-from audit_mw.integrity.canonical import COLUMNS
 from audit_mw.archive._store import Store, require
+from audit_mw.integrity.canonical import COLUMNS
 
 __all__ = ["attach_live", "duckdb"]
 

@@ -234,9 +234,11 @@ def _segment(manifest: Mapping[str, Any], keys: KeyRing, partition: str, out: _C
     chain, cp = manifest.get("chain"), manifest.get("checkpoint")
     if not manifest.get("count"):
         return None
+    if not isinstance(chain, dict) or not isinstance(cp, dict):
+        out.problems.append(ArchiveProblem("modified", partition, "the manifest has no chain "
+                                                                  "section or checkpoint"))
+        return None
     try:
-        if not isinstance(chain, dict) or not isinstance(cp, dict):
-            raise TypeError("no chain section or checkpoint")
         return SegmentVerifier(
             chain_id=str(chain["chain_id"]), first_position=int(chain["first_position"]),
             previous_hash=bytes.fromhex(chain["previous_entry_hash"]),
@@ -253,7 +255,7 @@ def _rows(local: str, partition: str, manifest: Mapping[str, Any], keys: KeyRing
     pq = require("pyarrow.parquet")
     try:
         parquet = pq.ParquetFile(local)
-    except Exception as exc:  # noqa: BLE001  (pyarrow raises several types for a bad file)
+    except Exception as exc:
         out.problems.append(ArchiveProblem("modified", partition,
                                            f"the Parquet file cannot be read ({exc})"))
         return
@@ -270,7 +272,7 @@ def _rows(local: str, partition: str, manifest: Mapping[str, Any], keys: KeyRing
         for row in batch.to_pylist():
             count += 1
             where = f"row {count}"
-            problem = _row(row, where, start, end, segment, runs)
+            problem = _row(row, where, (start, end), segment=segment, runs=runs)
             if problem is not None:
                 out.problems.append(ArchiveProblem(problem[0], partition, problem[1],
                                                    problem[2], problem[3]))
@@ -299,9 +301,10 @@ def _range(manifest: Mapping[str, Any]) -> tuple[Any, Any]:
         return None, None
 
 
-def _row(row: Mapping[str, Any], where: str, start: Any, end: Any,
+def _row(row: Mapping[str, Any], where: str, span: tuple[Any, Any], *,
          segment: SegmentVerifier | None, runs: Runs
          ) -> tuple[str, str, int | None, int | None] | None:
+    start, end = span
     event_id, position = row.get("id"), row.get("chain_position")
     if event_id is None or position is None:
         return ("inserted", f"{where}: event {event_id} has no chain position: it was "

@@ -16,6 +16,7 @@ and before the drop can simply run again).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -45,12 +46,12 @@ from audit_mw.archive._format import (
 )
 from audit_mw.archive._store import Store, dumps, require
 from audit_mw.archive.verify import verify_month
+from audit_mw.capture.partitions import PartitionInfo, list_partitions
 from audit_mw.errors import ArchiveError
 from audit_mw.integrity.canonical import COLUMNS
 from audit_mw.integrity.chain import GENESIS
 from audit_mw.integrity.keys import KeyRing
 from audit_mw.integrity.seal import checkpoint_from_row
-from audit_mw.capture.partitions import PartitionInfo, list_partitions
 
 __all__ = ["ArchiveRun", "MonthArchive", "archive_months", "archive_partition"]
 
@@ -93,7 +94,7 @@ def _schema() -> Any:
     fields += [pa.field("chain_position", pa.int64(), nullable=False),
                pa.field("chain_content_hash", pa.binary(32), nullable=False),
                pa.field("chain_entry_hash", pa.binary(32), nullable=False)]
-    meta = {c: "jsonb as PostgreSQL prints it" for c in JSONB_COLUMNS}
+    meta = dict.fromkeys(JSONB_COLUMNS, "jsonb as PostgreSQL prints it")
     return pa.schema(fields, metadata={"audit_mw_archive": str(FORMAT_VERSION),
                                        "columns": json.dumps(meta)})
 
@@ -227,14 +228,16 @@ def archive_partition(
         index = _index(store, keys)
         listed = {str(e.get("partition")): e for e in (index or {}).get("months", [])}
         if partition in listed:
-            return _reuse(store, folder, listed[partition], partition, (count, positions), keys,
-                          storage_options, (year, month))
+            return _reuse(store, folder, listed[partition], partition,
+                          current=(count, positions), keys=keys,
+                          storage_options=storage_options, when=(year, month))
         with tempfile.TemporaryDirectory(prefix="audit_mw_archive_") as tmp:
             local = os.path.join(tmp, data_file(partition))
             batches = _write_parquet(conn, partition, local)
             if (batches.count, batches.runs.text()) != (count, positions):
                 raise ArchiveError(f"partition {partition} changed while it was archived")
-            manifest = _manifest(conn, part, (year, month), batches, local, keys)
+            manifest = _manifest(conn, part, (year, month), batches=batches, local=local,
+                                 keys=keys)
             store.put_file(local, folder, data_file(partition))
         manifest_bytes = dumps(manifest)
         store.write_bytes(manifest_bytes, folder, MANIFEST_NAME)
@@ -250,7 +253,7 @@ def archive_partition(
                         count, positions, str(manifest["sha256"]), int(manifest["bytes"]))
 
 
-def _reuse(store: Store, folder: str, entry: Mapping[str, Any], partition: str,
+def _reuse(store: Store, folder: str, entry: Mapping[str, Any], partition: str, *,
            current: tuple[int, str], keys: KeyRing, storage_options: Mapping[str, Any] | None,
            when: tuple[int, int]) -> MonthArchive:
     if (entry.get("count"), entry.get("positions")) != current:
@@ -269,15 +272,12 @@ def _reuse(store: Store, folder: str, entry: Mapping[str, Any], partition: str,
 
 
 def _remove(store: Store, folder: str, partition: str) -> None:
+    # Best effort: the month is not in the index either way.
     for name in (MANIFEST_NAME, data_file(partition)):
-        try:
+        with contextlib.suppress(OSError):
             store.fs.rm(store.path(folder, name))
-        except OSError:
-            pass  # best effort: the month is not in the index either way
-    try:
+    with contextlib.suppress(OSError, NotImplementedError):
         store.fs.rmdir(store.path(folder))  # a local folder left empty
-    except (OSError, NotImplementedError):
-        pass
 
 
 def _write_parquet(conn: psycopg.Connection[Any], partition: str, local: str) -> _Batches:
@@ -300,13 +300,14 @@ def _write_parquet(conn: psycopg.Connection[Any], partition: str, local: str) ->
     return batches
 
 
-def _manifest(conn: psycopg.Connection[Any], part: PartitionInfo, when: tuple[int, int],
+def _manifest(conn: psycopg.Connection[Any], part: PartitionInfo, when: tuple[int, int], *,
               batches: _Batches, local: str, keys: KeyRing) -> dict[str, Any]:
     digest = hashlib.sha256()
     with open(local, "rb") as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
-    assert part.range_from is not None and part.range_to is not None  # noqa: S101
+    assert part.range_from is not None  # a month (_month_of)  # noqa: S101
+    assert part.range_to is not None  # noqa: S101
     chain_row = conn.execute(_sql.query("admin", "export_chain_id")).fetchone()
     chain_id = str(chain_row[0]) if chain_row else None
     chain: dict[str, Any] | None = None

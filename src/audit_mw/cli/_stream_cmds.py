@@ -51,7 +51,7 @@ def _start(text: str) -> str | int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from audit_mw.stream import StreamState, Streamer, open_sink, read_lag  # noqa: PLC0415
+    from audit_mw.stream import Streamer, StreamState, open_sink, read_lag  # noqa: PLC0415
 
     if not structlog.is_configured():
         # Lag reports and retries go to stderr: stdout may be the stream itself.

@@ -105,7 +105,8 @@ def _age(conn: psycopg.Connection[Any], position: int) -> float:
     row = conn.execute(_sql.query("stream", "occurred_at"), {"position": position}).fetchone()
     if row is None or row[0] is None:
         return 0.0
-    return max(0.0, (dt.datetime.now(dt.UTC) - row[0]).total_seconds())
+    occurred: dt.datetime = row[0]
+    return max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds())
 
 
 def read_lag(conn: psycopg.Connection[Any], position: int) -> Lag:

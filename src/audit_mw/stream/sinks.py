@@ -194,13 +194,14 @@ class HttpSink:
         while True:
             try:
                 self._post(body)
-                return
             except urllib.error.HTTPError as exc:
                 if exc.code < 500 and exc.code != 429:
                     raise SinkError(f"{self.url} refused the batch: HTTP {exc.code}") from exc
                 reason = f"HTTP {exc.code}"
             except (urllib.error.URLError, OSError) as exc:
                 reason = str(getattr(exc, "reason", exc))
+            else:
+                return
             attempt += 1
             if self.retries is not None and attempt > self.retries:
                 raise SinkError(f"{self.url}: {reason} after {attempt} attempts")
