@@ -122,8 +122,8 @@ def _replicate(real: Path, synthetic: Path, events: int) -> int:
             f" FROM read_parquet('{source}', hive_partitioning = true))"
             f" TO '{synthetic}' (FORMAT parquet, COMPRESSION zstd,"
             " PARTITION_BY (year, month), OVERWRITE_OR_IGNORE)")
-    row = con.execute(f"SELECT count(*) FROM read_parquet('{synthetic}/*/*/*.parquet')"
-                      ).fetchone()
+    row = con.execute("SELECT count(*) FROM read_parquet(?)",
+                      [f"{synthetic}/*/*/*.parquet"]).fetchone()
     con.close()
     assert row is not None
     return int(row[0])
