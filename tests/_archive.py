@@ -9,10 +9,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from audit_mw_examples.shop import setup_database
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_mw.capture.partitions import create_partition
+from audit_mw import _sql
+from audit_mw.archive._format import canonical_texts
+from audit_mw.integrity.canonical import COLUMNS
 from audit_mw.integrity.keys import KeyRing
 from tests._integrity import HMAC_SECRET
 from tests._retention import month_range
@@ -92,6 +96,33 @@ def trail_rows(conn: psycopg.Connection[Any], start: dt.datetime, end: dt.dateti
         " e.success, e.reason, c.position"
         " FROM audit.events e JOIN audit.chain c ON c.event_id = e.id"
         " WHERE e.occurred_at >= %s AND e.occurred_at < %s ORDER BY e.id", [start, end])]
+
+
+def canonical_trail(conn: psycopg.Connection[Any], start: dt.datetime, end: dt.datetime
+                    ) -> list[tuple[Any, ...]]:
+    """Every column of the trail's sealed events in the range, as canonical text (what the
+    chain hashes), with the chain position and hashes, ordered by id."""
+    query = sql.SQL("SELECT c.position, c.content_hash, c.entry_hash, {columns}"
+                    " FROM audit.events AS e JOIN audit.chain AS c ON c.event_id = e.id"
+                    " WHERE e.occurred_at >= %s AND e.occurred_at < %s ORDER BY e.id").format(
+                        columns=_sql.query("integrity", "canonical_columns"))
+    return [(r[3], r[0], bytes(r[1]), bytes(r[2]), *r[4:])
+            for r in conn.execute(query, [start, end])]
+
+
+def canonical_archive(con: Any, start: dt.datetime, end: dt.datetime) -> list[tuple[Any, ...]]:
+    """The same, read by DuckDB from the archive and turned into canonical text."""
+    names = ", ".join(COLUMNS)
+    rows = con.execute(f"SELECT {names}, chain_position, chain_content_hash,"  # noqa: S608
+                       " chain_entry_hash FROM audit_archive"
+                       " WHERE occurred_at >= ? AND occurred_at < ? ORDER BY id",
+                       [start, end]).fetchall()
+    out = []
+    for row in rows:
+        values = dict(zip((*COLUMNS, "p", "ch", "eh"), row, strict=True))
+        out.append((values["id"], values["p"], bytes(values["ch"]), bytes(values["eh"]),
+                    *canonical_texts(values)))
+    return out
 
 
 ARCHIVE_QUERY = (

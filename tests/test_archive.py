@@ -28,6 +28,8 @@ from tests._archive import (
     KEYS,
     PUBLIC,
     SHOP_MONTHS,
+    canonical_archive,
+    canonical_trail,
     s3_server,
     shop_trail,
     trail_rows,
@@ -47,6 +49,7 @@ class Shop:
     conn: Conn
     checkpoints: Path
     before: list[tuple[Any, ...]]
+    canonical: list[tuple[Any, ...]]
 
 
 @pytest.fixture
@@ -54,7 +57,8 @@ def shop(conn: Conn, dsn: str, tmp_path: Path) -> Shop:
     shop_trail(conn, dsn)
     checkpoints = tmp_path / "checkpoints.jsonl"
     seal(conn, KEYS, sinks=[JsonlSink(checkpoints)], batch_size=41)
-    return Shop(conn, checkpoints, trail_rows(conn, FIRST, LAST))
+    return Shop(conn, checkpoints, trail_rows(conn, FIRST, LAST),
+                canonical_trail(conn, FIRST, LAST))
 
 
 def _retain(shop: Shop, url: str, **kwargs: Any) -> Any:
@@ -74,6 +78,8 @@ def _check_archive_after_drop(shop: Shop, url: str, options: dict[str, Any] | No
     got = con.execute(ARCHIVE_QUERY, [FIRST, LAST]).fetchall()
     assert len(shop.before) == 90
     assert _utc(got) == _utc(shop.before)
+    # Every column, compared as the canonical text the chain hashes.
+    assert canonical_archive(con, FIRST, LAST) == shop.canonical
     retained = read_retention_file(retention_file_for(shop.checkpoints))
     for keys in (KEYS, HMAC_ONLY, PUBLIC):
         result = verify_archive(url, keys, storage_options=options, retention=retained)
