@@ -9,13 +9,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from audit_mw_examples.shop import setup_database
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from psycopg import sql
 
-from audit_mw.capture.partitions import create_partition
 from audit_mw import _sql
 from audit_mw.archive._format import canonical_texts
+from audit_mw.capture.partitions import create_partition
 from audit_mw.integrity.canonical import COLUMNS
 from audit_mw.integrity.keys import KeyRing
 from tests._integrity import HMAC_SECRET
@@ -113,7 +113,7 @@ def canonical_trail(conn: psycopg.Connection[Any], start: dt.datetime, end: dt.d
 def canonical_archive(con: Any, start: dt.datetime, end: dt.datetime) -> list[tuple[Any, ...]]:
     """The same, read by DuckDB from the archive and turned into canonical text."""
     names = ", ".join(COLUMNS)
-    rows = con.execute(f"SELECT {names}, chain_position, chain_content_hash,"  # noqa: S608
+    rows = con.execute(f"SELECT {names}, chain_position, chain_content_hash,"
                        " chain_entry_hash FROM audit_archive"
                        " WHERE occurred_at >= ? AND occurred_at < ? ORDER BY id",
                        [start, end]).fetchall()
