@@ -119,6 +119,17 @@ def _partition(conn: psycopg.Connection[Any], name: str) -> PartitionInfo:
     raise ArchiveError(f"no partition audit.{name}")
 
 
+def _flat_array(text: str, column: str) -> list[str | None]:
+    items = json.loads(text)
+    if not isinstance(items, list) or not all(v is None or isinstance(v, str) for v in items):
+        raise ArchiveError(f"{column} holds a value that is not a flat text array")
+    return items
+
+
+def _entry(row: Sequence[Any]) -> dict[str, Any]:
+    return {"id": int(row[3]), "chain_position": int(row[0]), "occurred_at": row[4]}
+
+
 class _Batches:
     """Canonical-text rows in, Arrow row groups out."""
 
@@ -131,34 +142,32 @@ class _Batches:
         self.first: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
 
-    def add(self, row: Sequence[Any], partition: str) -> None:
-        position, content, entry = row[0], row[1], row[2]
-        if position is None:
+    def add(self, rows: Sequence[Sequence[Any]], partition: str) -> None:
+        """Take a batch of rows, column by column (the hot path of archiving)."""
+        if not rows:
+            return
+        columns = list(zip(*rows, strict=True))
+        positions = columns[0]
+        if any(p is None for p in positions):
             raise ArchiveError(f"partition {partition} holds events that are not sealed yet; "
                                "run `audit-mw seal` first")
-        values = row[3:]
-        cols = self.columns
         for i, column in enumerate(COLUMNS):
-            value = values[i]
-            if value is not None:
-                if column in ARRAY_COLUMNS:
-                    value = json.loads(value)
-                    if not all(v is None or isinstance(v, str) for v in value):
-                        raise ArchiveError(f"event {values[0]}: {column} is not a flat array")
-                elif column == "txid":
-                    value = int(value)
-                elif column == "success":
-                    value = value == "true"
-            cols[i].append(value)
-        cols[-3].append(int(position))
-        cols[-2].append(bytes(content))
-        cols[-1].append(bytes(entry))
-        self.runs.add(int(position))
-        self.count += 1
-        entry_json = {"id": int(values[0]), "chain_position": int(position),
-                      "occurred_at": values[1]}
-        self.first = self.first or entry_json
-        self.last = entry_json
+            values: Sequence[Any] = columns[3 + i]
+            if column in ARRAY_COLUMNS:
+                values = [None if v is None else _flat_array(v, column) for v in values]
+            elif column == "txid":
+                values = [None if v is None else int(v) for v in values]
+            elif column == "success":
+                values = [None if v is None else v == "true" for v in values]
+            self.columns[i].extend(values)
+        self.columns[-3].extend(positions)
+        self.columns[-2].extend(bytes(v) for v in columns[1])
+        self.columns[-1].extend(bytes(v) for v in columns[2])
+        for position in positions:
+            self.runs.add(position)
+        self.count += len(rows)
+        self.first = self.first or _entry(rows[0])
+        self.last = _entry(rows[-1])
 
     def pending(self) -> int:
         return len(self.columns[0])
@@ -291,8 +300,7 @@ def _write_parquet(conn: psycopg.Connection[Any], partition: str, local: str) ->
             conn.cursor(name="audit_mw_archive") as cur:
         cur.execute(query)
         while rows := cur.fetchmany(FETCH):
-            for row in rows:
-                batches.add(row, partition)
+            batches.add(rows, partition)
             if batches.pending() >= ROW_GROUP:
                 writer.write_table(batches.table(), row_group_size=ROW_GROUP)
         if batches.pending() or batches.count == 0:
