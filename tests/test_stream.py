@@ -46,6 +46,10 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 with receiver.lock:
+                    if self.path.endswith("/reject"):
+                        self.send_response(403)
+                        self.end_headers()
+                        return
                     if receiver.failed < receiver.fail:
                         receiver.failed += 1
                         self.send_response(500)
@@ -279,3 +283,21 @@ def test_syslog_over_udp_and_tcp_is_rfc_5424(conn: Conn, tmp_path: Path) -> None
         frames.append(rest[: int(length)])
         data = rest[int(length):]
     assert [_parse(f)["id"] for f in frames] == expected
+
+
+def test_http_retries_end_when_the_stream_stops_and_a_4xx_is_not_retried() -> None:
+    from audit_mw.stream import SinkError  # noqa: PLC0415
+
+    with receiver(fail=1000) as r:
+        attempts: list[float] = []
+        sink = HttpSink(r.url, backoff=0.01, sleep=attempts.append,
+                        should_stop=lambda: len(attempts) >= 3)
+        with pytest.raises(SinkError, match="HTTP 500; stopping"):
+            sink.send([{"id": 1}])
+        assert attempts == [0.01, 0.02, 0.04]  # exponential backoff
+        assert r.failed == 4
+    with receiver() as r:
+        with pytest.raises(SinkError, match="refused the batch: HTTP 403"):
+            HttpSink(r.url + "/reject", sleep=attempts.append).send([{"id": 1}])
+        assert len(attempts) == 3  # no retry
+        assert r.ids() == []

@@ -51,7 +51,13 @@ def _start(text: str) -> str | int:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from audit_mw.stream import Streamer, StreamState, open_sink, read_lag  # noqa: PLC0415
+    from audit_mw.stream import (  # noqa: PLC0415
+        HttpSink,
+        Streamer,
+        StreamState,
+        open_sink,
+        read_lag,
+    )
 
     if not structlog.is_configured():
         # Lag reports and retries go to stderr: stdout may be the stream itself.
@@ -82,6 +88,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
             stopping.append(True)
 
         signal.signal(signal.SIGTERM, stop)
+        if isinstance(sink, HttpSink):
+            sink.should_stop = lambda: bool(stopping)
         streamer = Streamer(conn, sink, args.state_file, start=_start(args.start),
                             batch=args.batch, interval=args.interval)
         try:

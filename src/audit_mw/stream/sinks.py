@@ -176,6 +176,8 @@ class HttpSink:
     max_backoff: float = 30.0
     retries: int | None = None
     sleep: Callable[[float], None] = time.sleep
+    #: Checked between retries: true ends them (the batch stays unacknowledged).
+    should_stop: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         if urllib.parse.urlsplit(self.url).scheme not in ("http", "https"):
@@ -203,6 +205,9 @@ class HttpSink:
             else:
                 return
             attempt += 1
+            if self.should_stop():
+                raise SinkError(f"{self.url}: {reason}; stopping before the batch was "
+                                "acknowledged")
             if self.retries is not None and attempt > self.retries:
                 raise SinkError(f"{self.url}: {reason} after {attempt} attempts")
             log.warning("audit_stream_retry", sink=_safe_url(self.url), reason=reason,
