@@ -218,6 +218,10 @@ def test_a_removed_event_is_named_by_its_position(archived: tuple[Shop, Path]) -
     assert missing, problems
     assert missing[0].position == rows[10]["chain_position"]
     assert f"chain position {rows[10]['chain_position']} is missing" in missing[0].detail
+    named = [p for p in problems if p.event_id == rows[10]["id"]]
+    assert named, problems
+    assert named[0].kind == "missing"
+    assert "its row was removed" in named[0].detail
 
 
 def test_reordered_events_are_named(archived: tuple[Shop, Path]) -> None:

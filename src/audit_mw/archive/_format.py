@@ -141,6 +141,30 @@ class Runs:
         return positions_text((a, b) for a, b in self.runs)
 
 
+def id_runs(ids: list[int]) -> str:
+    """The set of ``ids`` as canonical multirange text: compact, since a month's ids are
+    nearly contiguous (they come from one sequence, in time order)."""
+    runs = Runs()
+    previous = None
+    for value in sorted(ids):
+        if value != previous:
+            runs.add(value)
+        previous = value
+    return runs.text()
+
+
+def parse_runs(text: str) -> set[int]:
+    """The integers of multirange text (``{[1,4),[9,10)}``); ``ValueError`` when malformed."""
+    body = text.strip()
+    if not (body.startswith("{") and body.endswith("}")):
+        raise ValueError(f"not a multirange: {text!r}")
+    found: set[int] = set()
+    for part in filter(None, body[1:-1].split(",[")):
+        lower, upper = part.strip("[)").split(",")
+        found.update(range(int(lower), int(upper)))
+    return found
+
+
 def canonical_texts(row: Mapping[str, Any]) -> list[str | None]:
     """The 25 content texts of an archived row (typed Parquet values), in column order."""
     texts: list[str | None] = []

@@ -40,7 +40,9 @@ from audit_mw.archive._format import (
     auth_problem,
     canonical_texts,
     data_file,
+    id_runs,
     month_dir,
+    parse_runs,
 )
 from audit_mw.archive._store import Store, require
 from audit_mw.integrity.canonical import content_hash
@@ -267,11 +269,14 @@ def _rows(local: str, partition: str, manifest: Mapping[str, Any], keys: KeyRing
     segment = _segment(manifest, keys, partition, out)
     start, end = _range(manifest)
     runs = Runs()
+    ids: list[int] = []
     count = 0
     for batch in parquet.iter_batches(batch_size=VERIFY_BATCH, columns=list(ALL_COLUMNS)):
         for row in batch.to_pylist():
             count += 1
             where = f"row {count}"
+            if row.get("id") is not None:
+                ids.append(int(row["id"]))
             problem = _row(row, where, (start, end), segment=segment, runs=runs)
             if problem is not None:
                 out.problems.append(ArchiveProblem(problem[0], partition, problem[1],
@@ -284,11 +289,35 @@ def _rows(local: str, partition: str, manifest: Mapping[str, Any], keys: KeyRing
         for f in segment.findings:
             out.problems.append(ArchiveProblem(f.kind, partition, f.detail, f.event_id,
                                                f.position))
+    _check_ids(manifest, ids, partition, out)
     for name, seen in (("count", count), ("positions", runs.text())):
         if manifest.get(name) != seen:
             out.problems.append(ArchiveProblem(
                 "modified", partition,
                 f"the manifest says {name} {manifest.get(name)}, the file holds {seen}"))
+
+
+def _check_ids(manifest: Mapping[str, Any], ids: list[int], partition: str,
+               out: _Collector) -> None:
+    """Name the events the manifest lists that the file lacks (removed rows), and those
+    it holds that the manifest does not list (added rows)."""
+    if id_runs(ids) == manifest.get("ids"):
+        return
+    try:
+        listed = parse_runs(str(manifest.get("ids")))
+    except ValueError:
+        out.problems.append(ArchiveProblem("modified", partition,
+                                           "the manifest's event ids are malformed"))
+        return
+    present = set(ids)
+    for event_id in sorted(listed - present)[:20]:
+        out.problems.append(ArchiveProblem(
+            "missing", partition, f"event {event_id} is listed in the manifest but not in "
+                                  "the file: its row was removed", event_id))
+    for event_id in sorted(present - listed)[:20]:
+        out.problems.append(ArchiveProblem(
+            "inserted", partition, f"event {event_id} is in the file but not in the "
+                                   "manifest: its row was added", event_id))
 
 
 def _range(manifest: Mapping[str, Any]) -> tuple[Any, Any]:

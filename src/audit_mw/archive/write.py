@@ -40,6 +40,7 @@ from audit_mw.archive._format import (
     Runs,
     auth_problem,
     data_file,
+    id_runs,
     iso,
     month_dir,
     sign,
@@ -138,6 +139,7 @@ class _Batches:
         self.schema = schema
         self.columns: list[list[Any]] = [[] for _ in range(len(COLUMNS) + 3)]
         self.runs = Runs()
+        self.ids: list[int] = []
         self.count = 0
         self.first: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
@@ -165,6 +167,7 @@ class _Batches:
         self.columns[-1].extend(bytes(v) for v in columns[2])
         for position in positions:
             self.runs.add(position)
+        self.ids.extend(columns[3])
         self.count += len(rows)
         self.first = self.first or _entry(rows[0])
         self.last = _entry(rows[-1])
@@ -346,6 +349,7 @@ def _manifest(conn: psycopg.Connection[Any], part: PartitionInfo, when: tuple[in
         "file": data_file(part.name), "sha256": digest.hexdigest(),
         "bytes": os.path.getsize(local), "compression": "zstd",
         "count": batches.count, "positions": batches.runs.text(),
+        "ids": id_runs(batches.ids),
         "first": batches.first, "last": batches.last,
         "chain": chain, "checkpoint": checkpoint,
         "created_at": iso(dt.datetime.now(dt.UTC)),
