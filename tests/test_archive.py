@@ -323,3 +323,44 @@ def test_duckdb_is_only_imported_by_the_archive() -> None:
                          check=True)
     assert out.stdout.strip() == "[]"
     assert duckdb.__version__
+
+
+def test_the_cli_archives_retention_drops_and_an_auditor_verifies(
+        shop: Shop, dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from audit_mw.cli import main  # noqa: PLC0415
+    from tests._archive import SIGNER  # noqa: PLC0415
+    from tests._integrity import HMAC_SECRET  # noqa: PLC0415
+
+    url = str(tmp_path / "archive")
+    monkeypatch.setenv("AUDIT_HMAC_KEY", "k1:" + base64.b64encode(HMAC_SECRET).decode())
+    monkeypatch.setenv("AUDIT_SIGNING_KEY",
+                       base64.b64encode(SIGNER.private_bytes_raw()).decode())
+    assert main(["--dsn", dsn, "archive", url, "--partition", "events_p202401", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(m["partition"], m["events"]) for m in out["archived"]] == [("events_p202401", 30)]
+    assert main(["--dsn", dsn, "retention", "apply", "--policy", "pci", "--now", "2025-06-15",
+                 "--archive", url, "--checkpoint-file", str(shop.checkpoints), "--json"]) == 0
+    printed = capsys.readouterr().out  # the retention_applied events are logged there too
+    out = json.loads(printed[printed.index("{\n"):])
+    assert out["dropped"] == ["events_p202401", "events_p202402", "events_p202403"]
+    assert len(out["parquet_archives"]) == 3
+    # The auditor: the public key alone, and the retention file.
+    monkeypatch.delenv("AUDIT_HMAC_KEY")
+    monkeypatch.delenv("AUDIT_SIGNING_KEY")
+    public = base64.b64encode(SIGNER.public_key().public_bytes_raw()).decode()
+    retention = str(retention_file_for(shop.checkpoints))
+    args = ["verify-archive", url, "--public-key", public, "--retention-file", retention]
+    assert main(args) == 0
+    assert "ok: 3 month(s), 90 events" in capsys.readouterr().out
+    assert main(["verify-archive", url]) == 2  # no key at all
+    assert "cannot verify" in capsys.readouterr().out
+    _rewrite(Path(url) / FEB, lambda r: r[:-1])
+    assert main([*args, "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "tampered"
+    assert any(p["kind"] == "missing" and p["partition"] == "events_p202402"
+               for p in result["problems"])

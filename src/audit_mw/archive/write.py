@@ -226,6 +226,9 @@ def archive_partition(
     """
     keys = KeyRing.from_env() if keys is None else keys
     keys.require_sealing_key()
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise ArchiveError("archiving needs a connection outside a transaction (autocommit): "
+                           "it reads each month from its own snapshot")
     part = _partition(conn, partition)
     year, month = _month_of(part)
     folder = month_dir(year, month)

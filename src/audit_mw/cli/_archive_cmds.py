@@ -68,6 +68,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from audit_mw.archive import archive_months  # noqa: PLC0415  (an optional extra)
 
     with connect(args) as conn:
+        conn.autocommit = True  # each month is read in its own snapshot
         run = archive_months(conn, args.url, KeyRing.from_env(), partitions=args.partition,
                              storage_options=storage_options(args.storage_options))
     if args.json:

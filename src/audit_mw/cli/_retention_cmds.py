@@ -118,6 +118,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         raise RetentionError(f"no retention policy: pass --policy or set ${POLICY_ENV}")
     policy = parse_policy(args.policy)
     with connect(args) as conn:
+        conn.autocommit = True  # each drop (and each archived month) is its own transaction
         if not args.apply:
             result = plan_retention(conn, policy, now=args.now, force=args.force)
         else:
