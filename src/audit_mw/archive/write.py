@@ -59,6 +59,11 @@ __all__ = ["ArchiveRun", "MonthArchive", "archive_months", "archive_partition"]
 #: Rows per Parquet row group (and per fetch from the server-side cursor).
 ROW_GROUP: Final = 65536
 FETCH: Final = 8192
+#: Increasing integers are delta-encoded (a byte or less per value instead of several);
+#: the hashes are random, so a dictionary only costs; the rest repeat, so it pays.
+DELTA: Final = dict.fromkeys(("id", "occurred_at", "txid", "chain_position"),
+                             "DELTA_BINARY_PACKED")
+DICTIONARY: Final = [c for c in COLUMNS if c not in DELTA]
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +307,8 @@ def _write_parquet(conn: psycopg.Connection[Any], partition: str, local: str) ->
     query = _sql.query("archive", "month_rows").format(
         columns=_sql.query("integrity", "canonical_columns"),
         partition=sql.Identifier("audit", partition))
-    with pq.ParquetWriter(local, schema, compression="zstd", compression_level=3) as writer, \
+    with pq.ParquetWriter(local, schema, compression="zstd", compression_level=3,
+                          use_dictionary=DICTIONARY, column_encoding=DELTA) as writer, \
             conn.cursor(name="audit_mw_archive") as cur:
         cur.execute(query)
         while rows := cur.fetchmany(FETCH):
