@@ -1,8 +1,8 @@
 """Writing months of the trail to the archive: Parquet (zstd) with the chain columns, a
 signed manifest per month and a signed index, then reading it back and verifying it.
 
-:func:`archive_partition` archives one monthly partition, from one ``REPEATABLE READ``
-snapshot: its events in chain order (every one must be sealed), the chain entry before its
+:func:`archive_partition` archives one monthly partition, read in one short
+``REPEATABLE READ`` snapshot: its events in chain order (every one must be sealed), the chain entry before its
 first position, the checkpoint that covers its last position and the *links* (the chain
 entries in between that belong to other months). The file is written locally, uploaded,
 read back from the archive and verified offline (:func:`~audit_mw.archive.verify.verify_month`)
@@ -225,51 +225,64 @@ def archive_partition(
     """Archive the monthly partition ``audit.<partition>`` to ``url`` (see the module docs).
 
     ``keys`` (default :meth:`KeyRing.from_env`) must hold the current HMAC key; with a signing
-    key the manifests are Ed25519-signed too. ``conn`` must not be inside a transaction.
+    key the manifests are Ed25519-signed too. ``conn`` must be in autocommit mode.
     Raises :class:`~audit_mw.errors.ArchiveError` when the month cannot be archived or its
     archive does not verify (then the month is not in the archive).
     """
     keys = KeyRing.from_env() if keys is None else keys
     keys.require_sealing_key()
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        raise ArchiveError("archiving needs a connection outside a transaction (autocommit): "
-                           "it reads each month from its own snapshot")
+    if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise ArchiveError("archiving needs an autocommit connection outside a transaction: "
+                           "it reads each month from its own short snapshot")
     part = _partition(conn, partition)
     year, month = _month_of(part)
-    folder = month_dir(year, month)
     store = Store.open(url, storage_options)
+    conn.execute(_sql.query("archive", "lock"))
+    try:
+        with tempfile.TemporaryDirectory(prefix="audit_mw_archive_") as tmp:
+            return _archive_month(conn, store, part, (year, month), keys=keys, tmp=tmp,
+                                  storage_options=storage_options)
+    finally:
+        conn.execute(_sql.query("archive", "unlock"))
+
+
+def _archive_month(
+    conn: psycopg.Connection[Any], store: Store, part: PartitionInfo, when: tuple[int, int],
+    *, keys: KeyRing, tmp: str, storage_options: Mapping[str, Any] | None,
+) -> MonthArchive:
+    partition, folder = part.name, month_dir(*when)
+    local = os.path.join(tmp, data_file(partition))
+    # Only the reading runs in the snapshot: a long transaction would hold back the sealer's
+    # horizon, so the upload and the verification come after it.
     with conn.transaction():
         conn.execute(_sql.query("archive", "snapshot"))
-        conn.execute(_sql.query("archive", "lock"))
         count, unsealed, positions = _stats(conn, partition)
         if unsealed:
             raise ArchiveError(f"partition {partition} holds {unsealed} events that are not "
                                "sealed yet; run `audit-mw seal` first")
         index = _index(store, keys)
         listed = {str(e.get("partition")): e for e in (index or {}).get("months", [])}
-        if partition in listed:
-            return _reuse(store, folder, listed[partition], partition,
-                          current=(count, positions), keys=keys,
-                          storage_options=storage_options, when=(year, month))
-        with tempfile.TemporaryDirectory(prefix="audit_mw_archive_") as tmp:
-            local = os.path.join(tmp, data_file(partition))
+        if partition not in listed:
             batches = _write_parquet(conn, partition, local)
             if (batches.count, batches.runs.text()) != (count, positions):
                 raise ArchiveError(f"partition {partition} changed while it was archived")
-            manifest = _manifest(conn, part, (year, month), batches=batches, local=local,
-                                 keys=keys)
-            store.put_file(local, folder, data_file(partition))
-        manifest_bytes = dumps(manifest)
-        store.write_bytes(manifest_bytes, folder, MANIFEST_NAME)
-        checked = verify_month(url, folder, keys, storage_options=storage_options)
-        if not checked.ok:
-            _remove(store, folder, partition)
-            raise ArchiveError(
-                f"the archive of {partition} does not verify after it was written; it was "
-                f"removed and nothing is dropped: {'; '.join(map(str, checked.problems[:3]))}"
-                + ("; ".join(checked.unverifiable[:1])))
-        _extend_index(store, index, manifest, manifest_bytes, keys)
-    return MonthArchive(partition, year, month, store.url_of(folder, data_file(partition)),
+            manifest = _manifest(conn, part, when, batches=batches, local=local, keys=keys)
+    if partition in listed:
+        return _reuse(store, folder, listed[partition], partition,
+                      current=(count, positions), keys=keys,
+                      storage_options=storage_options, when=when)
+    store.put_file(local, folder, data_file(partition))
+    manifest_bytes = dumps(manifest)
+    store.write_bytes(manifest_bytes, folder, MANIFEST_NAME)
+    checked = verify_month(store.url, folder, keys, storage_options=storage_options)
+    if not checked.ok:
+        _remove(store, folder, partition)
+        found = [str(p) for p in checked.problems[:3]] + list(checked.unverifiable[:1])
+        raise ArchiveError(
+            f"the archive of {partition} does not verify after it was written; it was "
+            f"removed and nothing is dropped: {'; '.join(found)}")
+    _extend_index(store, index, manifest, manifest_bytes, keys)
+    return MonthArchive(partition, when[0], when[1], store.url_of(folder, data_file(partition)),
                         count, positions, str(manifest["sha256"]), int(manifest["bytes"]))
 
 

@@ -2,8 +2,12 @@
 -- psycopg.sql.Identifier; literal braces are doubled.
 
 -- name: lock
--- One archiver at a time: the index is read, extended and written back.
-SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('audit_mw.archive'));
+-- One archiver at a time: the index is read, extended and written back. A session lock:
+-- it outlives the short snapshot the month is read in, and is released by unlock.
+SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext('audit_mw.archive'));
+
+-- name: unlock
+SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('audit_mw.archive'));
 
 -- name: snapshot
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
