@@ -4,12 +4,13 @@ signed manifest per month and a signed index, then reading it back and verifying
 :func:`archive_partition` archives one monthly partition, read in one short
 ``REPEATABLE READ`` snapshot: its events in chain order (every one must be sealed), the
 chain entry before its first position, the checkpoint that covers its last position and
-the *links* (the chain entries in between that belong to other months). After the snapshot
-the file is uploaded, read back from the archive and verified offline
-(:func:`~audit_mw.archive.verify.verify_month`) before the month enters the index; a month that does not verify is removed again and
-:class:`~audit_mw.errors.ArchiveError` raised. Archiving a month that is archived already
-with the same events only verifies it again (a retention run that stopped after the archive
-and before the drop can simply run again).
+the *links* (the chain entries in between that belong to other months). After the
+snapshot the file is uploaded, read back from the archive and verified offline
+(:func:`~audit_mw.archive.verify.verify_month`) before the month enters the index; a
+month that does not verify is removed again and :class:`~audit_mw.errors.ArchiveError`
+raised. Archiving a month that is archived already with the same events only verifies it
+again (a retention run that stopped after the archive and before the drop can simply run
+again).
 
 :func:`archive_months` archives every complete, fully sealed month not archived yet.
 """
