@@ -140,6 +140,14 @@ def empty_dsn(cluster: Cluster) -> Iterator[str]:
         cluster.drop_database(name)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the shared server ``db``: ``pytest -m db`` runs exactly the
+    tests that a server given by ``DATABASE_URL`` serves (CI runs them on each version)."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     source = "DATABASE_URL" if resolve_dsn() else "embedded PostgreSQL"
     return f"audit_mw database: {source}; CI={os.environ.get('CI', '')}"
