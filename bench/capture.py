@@ -17,12 +17,16 @@ same state: the table reset to its size without firing triggers, ``audit.events`
 a vacuum and a checkpoint. Also measured: WAL bytes per single-row UPDATE, and the size of an
 audit row.
 
-    PYTHONPATH=src python -m bench.capture [--quick] [--rounds N] [--seconds S]
+    PYTHONPATH=src python -m bench.capture [--quick] [--rounds N] [--seconds S] [--pg N]
+
+``--pg 16`` runs it on PostgreSQL 16 (see ``audit_mw.embedded.server_bin_dir``) instead of
+the embedded 18.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -37,10 +41,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_mw.embedded import EmbeddedServer, bin_dir
+from audit_mw.embedded import EmbeddedServer
 from audit_mw.schema import install
 from audit_mw.tracking import track
-from bench._server import bench_server
+from bench._server import bench_server, use_server
 
 VARIANTS = ("none", "floor", "naive", "audit_mw")
 AUDITED = ("floor", "naive", "audit_mw")
@@ -266,7 +270,7 @@ def _pgbench(server: EmbeddedServer, dbname: str, script: Path, sizes: Sizes, *,
     env = {**os.environ, "PGOPTIONS": " ".join(options)}
     length = (["-T", str(sizes.pgbench_seconds)] if sizes.pgbench_seconds
               else ["-t", str(sizes.pgbench_transactions)])
-    command = [str(bin_dir() / "pgbench"), "-n", "-M", "prepared", "-c", "2", "-j", "2",
+    command = [str(server.bin_dir / "pgbench"), "-n", "-M", "prepared", "-c", "2", "-j", "2",
                *length, "-D", f"rows={rows}", "-f", str(script),
                "-h", "127.0.0.1", "-p", str(server.port), "-U", server.user, dbname]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -478,7 +482,7 @@ def _wal_by_relation(server: EmbeddedServer, conn: psycopg.Connection[Any], star
         "SELECT c.relfilenode::text, c.relname FROM pg_class AS c WHERE c.relfilenode <> 0"
     ).fetchall())
     result = subprocess.run(
-        [str(bin_dir() / "pg_waldump"), "-p", str(server.data_dir / "pg_wal"),
+        [str(server.bin_dir / "pg_waldump"), "-p", str(server.data_dir / "pg_wal"),
          "-s", _lsn_text(start), "-e", _lsn_text(end)],
         capture_output=True, text=True, check=False)
     if not result.stdout:
@@ -620,12 +624,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int)
     parser.add_argument("--parts", default="single,bulk,cpu,wal")
     parser.add_argument("--sync", default="off,on", help="synchronous_commit values to run")
+    parser.add_argument("--pg", type=int, metavar="MAJOR",
+                        help="PostgreSQL major version to run on (default: the embedded 18)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows here")
     args = parser.parse_args()
+    if args.pg is not None:
+        use_server(args.pg)
     results = run(args.quick, rounds=args.rounds, seconds=args.seconds,
                   parts=tuple(args.parts.split(",")),
                   synchronous_commit=tuple(args.sync.split(",")))
     for line in _iter_table(results):
         print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,15 @@ def version_text(server_version_num: int) -> str:
     return f"{major}.{middle}.{patch}"
 
 
+def check_server_version(server_version_num: int) -> None:
+    """Raise :class:`SchemaError` for a server older than the oldest one supported (15)."""
+    if server_version_num < MIN_SERVER_VERSION:
+        raise SchemaError(
+            f"audit_mw needs PostgreSQL {version_text(MIN_SERVER_VERSION)} or newer; "
+            f"this server is {version_text(server_version_num)}"
+        )
+
+
 def installed_version(conn: psycopg.Connection[Any]) -> int:
     """The newest migration applied to this database, 0 when the schema is not installed."""
     with conn.cursor() as cur:
@@ -105,11 +114,7 @@ def install(
         facts = cur.fetchone()
         if facts is None:  # current_user always has a pg_roles row; be loud if not
             raise SchemaError("cannot read the installing role from pg_roles")
-        if facts["server_version"] < MIN_SERVER_VERSION:
-            raise SchemaError(
-                f"audit_mw needs PostgreSQL {version_text(MIN_SERVER_VERSION)} or newer; "
-                f"this server is {version_text(facts['server_version'])}"
-            )
+        check_server_version(int(facts["server_version"]))
         may_create_roles = bool(facts["is_superuser"] or facts["can_create_role"])
         created = _ensure_roles(cur, may_create_roles) if may_create_roles else ()
         owner = OWNER_ROLE if may_create_roles else str(facts["current_role"])
