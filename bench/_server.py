@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_mw.embedded import EmbeddedServer, bin_dir, resolve_dsn, server_bin_dir
+from audit_mw.testing.embedded import EmbeddedServer, bin_dir, resolve_dsn, server_bin_dir
 
 #: The server binaries the benchmarks start: the embedded 18 unless :func:`use_server` chose
 #: another version (``--pg N``).

@@ -41,9 +41,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_mw.embedded import EmbeddedServer
-from audit_mw.schema import install
-from audit_mw.tracking import track
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import track
+from audit_mw.testing.embedded import EmbeddedServer
 from bench._server import bench_server, use_server
 
 VARIANTS = ("none", "floor", "naive", "audit_mw")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from audit_mw.embedded import bin_dir
+from audit_mw.testing.embedded import bin_dir
 from bench._server import SETTINGS, binaries, machine, postgres_version, use_server
 
 #: Every part, in the order they run and appear in the table.

@@ -20,10 +20,10 @@ import pytest
 from psycopg import sql
 
 from audit_mw import _sql
+from audit_mw.capture.schema import MIN_SERVER_VERSION, check_server_version, install, version_text
+from audit_mw.capture.tracking import retrack, status, track
 from audit_mw.errors import SchemaError
 from audit_mw.integrity import seal, verify
-from audit_mw.schema import MIN_SERVER_VERSION, check_server_version, install, version_text
-from audit_mw.tracking import retrack, status, track
 from tests._db import set_context, track_before_0007
 from tests._integrity import build_trail, hmac_keys
 from tests.test_schema import _schema_snapshot

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from audit_mw.embedded import EmbeddedServer, server_bin_dir, server_version
+from audit_mw.testing.embedded import EmbeddedServer, server_bin_dir, server_version
 
 #: The test suite's settings (tests/conftest.py): durability is not under test.
 SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",

