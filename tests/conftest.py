@@ -141,11 +141,15 @@ def empty_dsn(cluster: Cluster) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses the shared server ``db``: ``pytest -m db`` runs exactly the
-    tests that a server given by ``DATABASE_URL`` serves (CI runs them on each version)."""
+    """Mark every test that uses the shared server ``db``, and every test that starts its own
+    embedded server ``own_server``: ``pytest -m "db and not own_server"`` runs the tests that
+    a server given by ``DATABASE_URL`` serves (CI runs them on each PostgreSQL version)."""
     for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "cluster" in fixtures:
             item.add_marker(pytest.mark.db)
+        if "server_dir" in fixtures:
+            item.add_marker(pytest.mark.own_server)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
