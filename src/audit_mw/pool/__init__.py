@@ -2,12 +2,12 @@
 
 :class:`AuditPool` (threads) and :class:`AsyncAuditPool` (asyncio) are
 ``psycopg_pool`` pools that apply :func:`audit_mw.context.current` to each connection they
-hand out; :func:`apply_context` and :func:`apply_context_async` do the same for a
+hand out; :func:`apply_context` and :func:`aapply_context` do the same for a
 connection you manage yourself. See ``docs/pools.md``.
 """
 
 from audit_mw.pool._base import ContextMode
-from audit_mw.pool.async_ import AsyncAuditCursor, AsyncAuditPool, apply_context_async
+from audit_mw.pool.async_ import AsyncAuditCursor, AsyncAuditPool, aapply_context
 from audit_mw.pool.sync import AuditCursor, AuditPool, apply_context
 
 __all__ = [
@@ -16,6 +16,6 @@ __all__ = [
     "AuditCursor",
     "AuditPool",
     "ContextMode",
+    "aapply_context",
     "apply_context",
-    "apply_context_async",
 ]

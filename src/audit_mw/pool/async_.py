@@ -1,4 +1,4 @@
-"""The asyncio audit-aware pool, :class:`AsyncAuditPool`, and :func:`apply_context_async`.
+"""The asyncio audit-aware pool, :class:`AsyncAuditPool`, and :func:`aapply_context`.
 
 This file is the source: ``sync.py`` is generated from it by ``tools/async_to_sync.py``
 (run ``python tools/async_to_sync.py --check`` to verify the twin is current). Keep the
@@ -34,7 +34,7 @@ from audit_mw.pool._base import (
     underlying_cursor_class,
 )
 
-__all__ = ["AsyncAuditCursor", "AsyncAuditPool", "apply_context_async"]
+__all__ = ["AsyncAuditCursor", "AsyncAuditPool", "aapply_context"]
 
 
 class AsyncAuditPool(AsyncConnectionPool[ACT]):
@@ -95,7 +95,7 @@ class AsyncAuditPool(AsyncConnectionPool[ACT]):
         await super().putconn(conn)
 
 
-async def apply_context_async(
+async def aapply_context(
     conn: AsyncConnection[Any], context: AuditContext | None = None, *, local: bool = False
 ) -> AuditContext:
     """Apply ``context`` (default: the current one) to a connection you manage yourself.
