@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pg is not None and version.split(".")[0] != str(args.pg):
         parser.error(f"{binaries} holds PostgreSQL {version}, not {args.pg}")
 
+    # Stopped with SIGTERM (a CI timeout), still remove the server: exit through finally.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     folder = Path(tempfile.mkdtemp(prefix=f"audit_mw_pg{version.split('.')[0]}_"))
     server = EmbeddedServer(folder / "data", settings=SETTINGS, bin_dir=binaries)
     try:
