@@ -61,6 +61,7 @@ from audit_mw.pool._base import ContextMode, apply_statement, check_mode, settin
 __all__ = [
     "State",
     "confirm",
+    "expect",
     "forget_context",
     "install_hook",
     "must_send",
@@ -160,8 +161,19 @@ def must_send(conn: BaseConnection[Any]) -> bool:
     return _plan(state, conn, current(), True) != _NOTHING
 
 
+def expect(conn: BaseConnection[Any]) -> None:
+    """A pipeline of the package's own begins: only what it carries may be confirmed.
+
+    (A session-level apply queued in the application's own pipeline, which may have been
+    aborted before it ran, is never confirmed.)
+    """
+    state = _states.get(conn)
+    if state is not None:
+        state.pending = None
+
+
 def confirm(conn: BaseConnection[Any]) -> None:
-    """A pipeline that held a session-level apply went through: the context is known."""
+    """The pipeline begun after :func:`expect` went through: what it carried is known."""
     state = _states.get(conn)
     if state is not None and state.pending is not None:
         state.known = state.pending
