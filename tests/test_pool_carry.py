@@ -331,3 +331,20 @@ def test_a_reset_callback_makes_the_pool_forget_what_the_connection_holds(
             with audit_context(alice), pool.connection() as conn:
                 conn.execute(INSERT, ["alice", None])
     assert attribution(notes) == [("alice", "alice")] * 2
+
+
+def test_transaction_mode_covers_server_side_cursors_and_leaves_nothing_in_the_session(
+    app_dsn: str, notes: Conn
+) -> None:
+    pool = AuditPool(app_dsn, min_size=1, max_size=1, context_mode="transaction")
+    with pool, audit_context(user_id="alice"), pool.connection() as conn:
+        with conn.cursor("named") as named:
+            named.execute("SELECT current_setting('audit.user_id')")
+            assert named.fetchone() == ("alice",)
+        conn.commit()
+        with audit_context(user_id="bob"):
+            psycopg.Cursor(conn).execute(INSERT, ["bob", None])
+            conn.commit()
+        conn.autocommit = True
+        assert read_settings(conn) == EMPTY_SETTINGS  # nothing at session level
+    assert attribution(notes) == [("bob", "bob")]
