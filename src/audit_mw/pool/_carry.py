@@ -47,7 +47,7 @@ import functools
 import weakref
 from collections.abc import Generator
 from contextlib import suppress
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg import BaseConnection, errors, pq
@@ -57,6 +57,9 @@ from psycopg.pq.abc import PGconn
 from audit_mw.context import AuditContext, current
 from audit_mw.errors import ConfigurationError
 from audit_mw.pool._base import ContextMode, apply_statement, check_mode, setting_values
+
+if TYPE_CHECKING:
+    from psycopg._pipeline_base import BasePipeline
 
 __all__ = [
     "State",
@@ -247,12 +250,7 @@ class _StartQuery:
         begin = not conn.autocommit and pgconn.transaction_status == _IDLE
         commands = _commands(plan, state, context, begin and conn._get_tx_start_command(), encoding)
         if pipeline is not None:
-            # Queued in front of the statement; sent and checked with it.
-            for command in commands:
-                pipeline.command_queue.append(
-                    pgconn.pipeline_sync if command is None
-                    else functools.partial(pgconn.send_query_params, *command))
-                pipeline.result_queue.append(None)
+            _queue(pipeline, pgconn, commands)
         else:
             if streamed:
                 yield from _run_one_by_one(pgconn, commands, encoding)
@@ -264,6 +262,27 @@ class _StartQuery:
             # for whatever later versions add to it.
             yield from original(conn)
 
+
+
+def _queue(pipeline: BasePipeline, pgconn: PGconn, commands: _Commands) -> None:
+    """Put ``commands`` in front of the statement psycopg is about to queue in ``pipeline``.
+
+    Straight into libpq's buffer when nothing else waits to be sent (fewer writes to the
+    socket than psycopg's queue, which flushes after each command), else queued in order;
+    either way their results are checked with the statement's.
+    """
+    direct = not pipeline.command_queue
+    for command in commands:
+        if direct:
+            if command is None:
+                pgconn.pipeline_sync()
+            else:
+                pgconn.send_query_params(*command)
+        else:
+            pipeline.command_queue.append(
+                pgconn.pipeline_sync if command is None
+                else functools.partial(pgconn.send_query_params, *command))
+        pipeline.result_queue.append(None)
 
 
 def _commands(
