@@ -17,8 +17,8 @@ from audit_mw.pool import (
     AsyncAuditPool,
     AuditCursor,
     AuditPool,
+    aapply_context,
     apply_context,
-    apply_context_async,
 )
 from tests._pool import (
     EMPTY_SETTINGS,
@@ -269,15 +269,15 @@ def test_apply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) ->
     }
 
 
-def test_apply_context_async_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) -> None:
+def test_aapply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) -> None:
     async def main() -> dict[str, str]:
         async with await psycopg.AsyncConnection.connect(app_dsn) as conn:
-            await apply_context_async(conn, ALICE)
+            await aapply_context(conn, ALICE)
             await conn.execute(INSERT, ["session", None])
             await conn.rollback()
             await conn.execute(INSERT, ["after rollback", None])
             await conn.commit()
-            await apply_context_async(conn, ANON, local=True)
+            await aapply_context(conn, ANON, local=True)
             return await read_settings_async(conn)
 
     assert asyncio.run(main()) == ANON.settings()
