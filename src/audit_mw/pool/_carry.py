@@ -1,6 +1,6 @@
 """Carrying the audit context with the statements themselves: no round trip of its own.
 
-A connection is *instrumented* (:func:`instrument_connection`): psycopg starts every
+A connection is *instrumented* (``instrument_connection``): psycopg starts every
 statement (``execute``, ``executemany``, ``copy``, ``stream``, server-side cursors, cursors
 built by hand) by calling the connection's ``_start_query`` generator, which is where it
 decides whether to send ``BEGIN``. The instrumented connection gets its own ``_start_query``
@@ -9,9 +9,9 @@ what the connection is known to carry, and, when they differ, puts the ``set_con
 in front of the statement:
 
 - **inside a pipeline** (the audit cursors open one for ``execute`` when something must be
-  sent; psycopg opens one for ``executemany``; or the application's own): the settings are
-  queued before the statement and travel in the same network write; the client reads their
-  result together with the statement's. **No round trip of their own.**
+  sent; psycopg opens one for ``executemany``; or the application's own): the settings go
+  in front of the statement, the client sends both before it reads any answer, and reads
+  their results together with the statement's. **No round trip of their own.**
 - **outside a pipeline** (``copy``, ``stream``, server-side cursors, hand-built cursors):
   they are sent in a short pipeline of their own, together with the ``BEGIN`` psycopg would
   have sent anyway when a transaction is due (no extra round trip then), else alone (one).
