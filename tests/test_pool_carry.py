@@ -376,3 +376,17 @@ def test_set_transaction_stays_the_first_statement_of_its_transaction(
                 conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
                 conn.execute(INSERT, ["bob", None])
     assert attribution(notes) == [("alice", "alice"), ("bob", "bob")]
+
+
+def test_statements_that_cannot_run_in_a_transaction_block_in_transaction_mode(
+    dsn: str, notes: Conn
+) -> None:
+    # The owner's connection: the application role may not index the table.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        instrument_connection(conn, context_mode="transaction")
+        with audit_context(user_id="alice"):
+            conn.execute("VACUUM notes")
+            conn.execute("CREATE INDEX CONCURRENTLY notes_author ON notes (author)")
+            conn.execute("DROP INDEX CONCURRENTLY notes_author")
+            conn.execute(INSERT, ["alice", None])
+    assert attribution(notes) == [("alice", "alice")]

@@ -195,15 +195,26 @@ def confirm(conn: BaseConnection[Any]) -> None:
         state.pending = None
 
 
-# Statements that must come first in their transaction ("must be called before any query").
+# Statements that nothing transaction-local may precede: those that must come first in their
+# transaction ("must be called before any query"), and those that cannot run inside a
+# transaction block, which a pipelined set_config would open around them. None of them
+# writes a row the triggers capture.
 _LEADS_TRANSACTION: Final = re.compile(
-    r"\s*SET\s+(?:(?:SESSION|LOCAL)\s+)?(?:TRANSACTION\b|transaction_(?:isolation|read_only|deferrable)\b)",
-    re.IGNORECASE,
+    r"""\s*(?:
+        SET\s+(?:(?:SESSION|LOCAL)\s+)?
+            (?:TRANSACTION\b|transaction_(?:isolation|read_only|deferrable)\b)
+      | VACUUM\b
+      | (?:CREATE|DROP)\s+(?:DATABASE|TABLESPACE)\b
+      | ALTER\s+SYSTEM\b
+      | (?:CREATE\s+(?:UNIQUE\s+)?|DROP\s+)INDEX\s+CONCURRENTLY\b
+      | REINDEX\b[^;]*\bCONCURRENTLY\b
+    )""",
+    re.IGNORECASE | re.VERBOSE,
 )
 
 
 def leads_transaction(conn: BaseConnection[Any], query: object) -> bool:
-    """Whether ``query`` is a ``SET TRANSACTION`` (or alike), which nothing may precede."""
+    """Whether ``query`` is a ``SET TRANSACTION``, a ``VACUUM`` or alike: see above."""
     if isinstance(query, bytes):
         text = query[:200].decode("utf-8", "replace")
     elif isinstance(query, str):
