@@ -366,7 +366,8 @@ def test_set_transaction_stays_the_first_statement_of_its_transaction(
                 "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
                 psycopg.sql.SQL("SET transaction_isolation = 'serializable'"),
                 b"  set transaction isolation level serializable",
-                "-- one snapshot\n/* for the count\n and the rows */ SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+                "-- one snapshot\n/* for the count\n and the rows */"
+                " SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
             ):
                 with conn.transaction():
                     conn.execute(statement)
