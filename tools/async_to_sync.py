@@ -42,7 +42,9 @@ FILES = [
 WORDS = [
     ("aapply_context", "apply_context"),
     ("AsyncAuditPool", "AuditPool"),
+    ("AsyncAuditClientCursor", "AuditClientCursor"),
     ("AsyncAuditCursor", "AuditCursor"),
+    ("AsyncClientCursor", "ClientCursor"),
     ("AsyncConnectionPool", "ConnectionPool"),
     ("AsyncDatabase", "Database"),
     ("AsyncConninfoParam", "ConninfoParam"),

@@ -112,9 +112,13 @@ def _require_schema(conn: psycopg.Connection[Any], *, current: bool = False) -> 
 
 def _resolve(cur: psycopg.Cursor[dict[str, object]], name: str) -> dict[str, object]:
     try:
-        cur.execute(_sql.query("track", "resolve_table"), {"name": name})
+        # In a savepoint: before PostgreSQL 16, to_regclass() raises on a malformed name (16
+        # and later return NULL), and the caller's transaction must stay usable.
+        with cur.connection.transaction():
+            cur.execute(_sql.query("track", "resolve_table"), {"name": name})
     except psycopg.errors.InvalidName as exc:
-        raise TrackingError(f"{name!r} is not a valid table name: {exc}") from None
+        raise TrackingError(f"table {name!r} does not exist: not a valid table name "
+                            f"({exc})") from None
     row = cur.fetchone()
     if row is None:
         raise TrackingError(f"table {name!r} does not exist (or is not on the search_path)")
@@ -548,7 +552,7 @@ def _table_status(
     insert = present.get("audit_mw_insert")
     if version >= ROLES_SINCE and insert is not None and int(str(insert["nargs"])) < 7:
         problems.append("triggers exclude and mask columns by name only (tracked before "
-                        "schema version 8): a renamed column would be stored; run "
+                        "schema version 9): a renamed column would be stored; run "
                         "`audit-mw retrack`")
     if not problems:
         current = _hash_triggers(str(t["definition"]) for t in triggers)

@@ -135,7 +135,7 @@ def seal(
     with conn.transaction():
         check_event_columns(conn)
         lease = conn.execute(_sql.query("integrity", "has_seal_lease")).fetchone()
-        suffix = "" if lease and lease[0] else "_before_0008"
+        suffix = "" if lease and lease[0] else "_before_0009"
         locked = conn.execute(_sql.query("integrity", "try_lock" + suffix)).fetchone()
     if not locked or not locked[0]:
         with conn.transaction():

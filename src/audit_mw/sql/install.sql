@@ -178,7 +178,7 @@ ORDER BY 1;
 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %(role)s) AS present;
 
 -- name: watch_ddl
--- DDL on the timeline (see migration 0008). Event triggers need a superuser.
+-- DDL on the timeline (see migration 0009). Event triggers need a superuser.
 DROP EVENT TRIGGER IF EXISTS audit_mw_ddl;
 DROP EVENT TRIGGER IF EXISTS audit_mw_drop;
 CREATE EVENT TRIGGER audit_mw_ddl ON ddl_command_end EXECUTE FUNCTION audit.watch_ddl();

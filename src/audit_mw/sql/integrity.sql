@@ -132,12 +132,12 @@ SELECT audit.give_seal_lease();
 -- name: has_seal_lease
 SELECT pg_catalog.to_regprocedure('audit.take_seal_lease()') IS NOT NULL AS present;
 
--- name: try_lock_before_0008
+-- name: try_lock_before_0009
 -- Schema versions before 8 (a database sealed before its upgrade): the advisory lock.
 SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext('audit_mw.seal')) AS locked,
        NULL::integer AS holder_pid, NULL::text AS holder_role, NULL::text AS taken_at;
 
--- name: unlock_before_0008
+-- name: unlock_before_0009
 SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('audit_mw.seal'));
 
 -- name: oldest_unsealed

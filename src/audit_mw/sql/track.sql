@@ -80,7 +80,7 @@ SELECT column_name, type_name, cast_function, function_owner
 FROM audit.unsafe_casts(%(oid)s::oid::regclass);
 
 -- name: has_json
--- Whether a json value is somewhere in the table's types (see migration 0008).
+-- Whether a json value is somewhere in the table's types (see migration 0009).
 SELECT EXISTS (SELECT 1 FROM audit.column_type_tree(%(oid)s::oid::regclass) AS t
                WHERE t.type_oid = 'pg_catalog.json'::pg_catalog.regtype) AS has_json;
 

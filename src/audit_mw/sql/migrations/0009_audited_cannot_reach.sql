@@ -1,4 +1,4 @@
--- audit_mw 0008: the trail holds against the roles it audits.
+-- audit_mw 0009: the trail holds against the roles it audits.
 --
 -- The role that owns a tracked table (often the application's or the migrations' role) is
 -- an adversary. Until now its own code could run inside the capture functions with the
