@@ -29,6 +29,12 @@ __all__ = ["Snapshot", "shipped", "snapshot"]
 #: compare alike.
 CAPTURE_PLACEHOLDER = "{capture_role}"
 
+#: The manifest's key for the fingerprints that differ on older servers, by server major.
+VARIANTS_KEY = "server_variants"
+
+#: Servers from this major on build the manifest's main entries; older ones build variants.
+MAIN_SINCE = 16
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -67,12 +73,28 @@ def _manifest() -> dict[str, Any]:
     return data
 
 
-def shipped(version: int) -> Snapshot | None:
-    """What a fresh install of schema ``version`` holds, or None if the package lacks it."""
+def shipped(version: int, server_major: int) -> Snapshot | None:
+    """What a fresh install of schema ``version`` holds on a server of ``server_major``, or
+    None if the package lacks it.
+
+    A few functions are created differently on older servers (``audit.valid_inet`` and
+    ``audit.valid_jsonb`` use ``pg_input_is_valid`` from PostgreSQL 16 on); their
+    fingerprints for those servers are in the manifest's ``server_variants``.
+    """
     entry = _manifest().get(str(version))
     if entry is None:
         return None
-    return Snapshot(dict(entry["functions"]), dict(entry["triggers"]), tuple(entry["objects"]))
+    functions = dict(entry["functions"])
+    for name, fingerprint in server_variants(server_major).items():
+        if name in functions:
+            functions[name] = fingerprint
+    return Snapshot(functions, dict(entry["triggers"]), tuple(entry["objects"]))
+
+
+def server_variants(server_major: int) -> dict[str, str]:
+    """The function fingerprints that differ on a server of ``server_major``."""
+    variants: dict[str, dict[str, str]] = _manifest().get(VARIANTS_KEY, {})
+    return dict(variants.get(str(server_major), {}))
 
 
 def build(conn: psycopg.Connection[Any], owner: str, capture_role: str) -> dict[str, Any]:

@@ -429,7 +429,7 @@ def _shipped_problems(
     cur: psycopg.Cursor[dict[str, object]], version: int, capture_role: str
 ) -> list[str]:
     """The schema against what the package ships for its version (not what it recorded)."""
-    expected = _shipped.shipped(version)
+    expected = _shipped.shipped(version, cur.connection.info.server_version // 10000)
     if expected is None:
         return [f"this package ships no description of schema version {version}; "
                 "use the audit_mw release that installed it"]

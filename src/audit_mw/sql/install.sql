@@ -118,6 +118,8 @@ $$;
 -- it takes over its functions; revoke_capture_create takes it back).
 GRANT USAGE, CREATE ON SCHEMA audit TO {capture};
 GRANT INSERT ON audit.events TO {capture};
+-- The trail's ids come from a sequence default (0008), which INSERT alone does not cover.
+GRANT USAGE ON SEQUENCE audit.events_id_seq TO {capture};
 GRANT EXECUTE ON FUNCTION audit.column_type_tree(regclass), audit.unsafe_casts(regclass),
     audit.refuse_unsafe_casts(regclass) TO {capture};
 
