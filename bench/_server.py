@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_mw.embedded import EmbeddedServer, bin_dir, resolve_dsn
+from audit_mw.testing.embedded import EmbeddedServer, bin_dir, resolve_dsn
 
 #: Server settings for the benchmarks. Checkpoints and autovacuum are kept out of the measured
 #: windows (the benchmarks checkpoint and vacuum between runs themselves); JIT is off so that

@@ -54,7 +54,7 @@ from audit_mw.admin.query import (
     parse_history_query,
     where_clause,
 )
-from audit_mw.schema import install
+from audit_mw.capture.schema import install
 from bench._server import scratch_database
 
 #: The embedded server's settings when DATABASE_URL is not set: loading, not durability.

@@ -37,9 +37,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_mw.embedded import EmbeddedServer, bin_dir
-from audit_mw.schema import install
-from audit_mw.tracking import track
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import track
+from audit_mw.testing.embedded import EmbeddedServer, bin_dir
 from bench._server import bench_server
 
 VARIANTS = ("none", "floor", "naive", "audit_mw")

@@ -28,8 +28,8 @@ from typing import Any
 import psycopg
 
 from audit_mw import _sql
+from audit_mw.capture.schema import install
 from audit_mw.integrity import KeyRing, seal, verify
-from audit_mw.schema import install
 from bench._server import scratch_database
 
 TARGET_VERIFY_PER_S = 100_000

@@ -28,8 +28,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from audit_mw.asgi import AuditMiddleware
-from audit_mw.wsgi import WSGIAuditMiddleware
+from audit_mw.web.asgi import AuditMiddleware
+from audit_mw.web.wsgi import WSGIAuditMiddleware
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -36,11 +36,11 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import track
 from audit_mw.context import AuditContext, bind, reset
-from audit_mw.embedded import EmbeddedServer, resolve_dsn
 from audit_mw.pool import AuditPool
-from audit_mw.schema import install
-from audit_mw.tracking import track
+from audit_mw.testing.embedded import EmbeddedServer, resolve_dsn
 
 UPDATE = {
     "plain": b"UPDATE bench_plain SET n = n + 1 WHERE id = 1",

@@ -41,11 +41,11 @@ from psycopg import sql
 
 from audit_mw import _sql
 from audit_mw.admin.query import COUNT_CAP, CursorCodec, parse_event_query, where_clause
+from audit_mw.capture.partitions import create_partition, ensure_partitions
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import track
 from audit_mw.integrity import KeyRing, seal
-from audit_mw.partitions import create_partition, ensure_partitions
 from audit_mw.retention import apply_retention, parse_policy
-from audit_mw.schema import install
-from audit_mw.tracking import track
 from bench._server import scratch_database
 
 #: The embedded server's settings when DATABASE_URL is not set: loading, not durability.

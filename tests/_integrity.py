@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
+from audit_mw.capture.tracking import track
 from audit_mw.integrity.keys import KeyRing
-from audit_mw.tracking import track
 
 HMAC_SECRET = b"k" * 32
 OTHER_SECRET = b"o" * 32

@@ -11,8 +11,8 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.rows import dict_row
 
+from audit_mw.capture.tracking import track
 from audit_mw.context import SETTING_NAMES
-from audit_mw.tracking import track
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from audit_mw.partitions import create_partition
+from audit_mw.capture.partitions import create_partition
 
 UTC = dt.UTC
 

@@ -21,8 +21,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from audit_mw.embedded import EmbeddedServer, resolve_dsn
-from audit_mw.schema import install
+from audit_mw.capture.schema import install
+from audit_mw.testing.embedded import EmbeddedServer, resolve_dsn
 
 #: A login role without privileges beyond what the tests grant: the "application".
 APP_ROLE = "audit_mw_test_app"

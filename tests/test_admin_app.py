@@ -20,8 +20,8 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Mount
 
 from audit_mw.admin import admin_app
-from audit_mw.asgi import AuditMiddleware
-from audit_mw.tracking import track
+from audit_mw.capture.tracking import track
+from audit_mw.web.asgi import AuditMiddleware
 from tests._admin import (
     KEY,
     SECRET,

@@ -13,7 +13,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from audit_mw.admin import admin_app
 from audit_mw.admin.wsgi import admin_wsgi_app
-from audit_mw.wsgi import WSGIAuditMiddleware
+from audit_mw.web.wsgi import WSGIAuditMiddleware
 from tests._admin import (
     SECRET,
     access_events,

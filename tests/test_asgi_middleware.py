@@ -26,10 +26,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from audit_mw.asgi import AuditMiddleware, Message, Receive, Scope, Send, user_from_scope
 from audit_mw.context import AuditContext, current, set_user
 from audit_mw.errors import ConfigurationError
-from audit_mw.proxy import TrustedProxies
+from audit_mw.web.asgi import AuditMiddleware, Message, Receive, Scope, Send, user_from_scope
+from audit_mw.web.proxy import TrustedProxies
 from tests.test_proxy import PROXY_CASES, ProxyCase
 
 PEER = ("203.0.113.9", 50000)

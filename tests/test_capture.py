@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from audit_mw.capture.tracking import track, untrack
 from audit_mw.errors import TrackingError
-from audit_mw.tracking import track, untrack
 from tests._db import audit_rows, set_context
 
 Conn = psycopg.Connection[Any]

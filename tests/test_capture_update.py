@@ -17,10 +17,10 @@ import pytest
 from psycopg import sql
 
 from audit_mw import _sql
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import retrack, status, track, untrack
 from audit_mw.cli import main
 from audit_mw.errors import SchemaError, TrackingError
-from audit_mw.schema import install
-from audit_mw.tracking import retrack, status, track, untrack
 from tests._db import audit_rows, track_before_0007
 
 Conn = psycopg.Connection[Any]

@@ -20,9 +20,9 @@ import psycopg
 import pytest
 
 import audit_mw
+from audit_mw.capture.tracking import track
 from audit_mw.cli import build_parser
 from audit_mw.context import SETTING_NAMES
-from audit_mw.tracking import track
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

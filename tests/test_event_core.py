@@ -10,7 +10,9 @@ import flask
 import pytest
 from starlette.requests import Request
 
-from audit_mw._event_core import (
+from audit_mw.context import audit_context
+from audit_mw.errors import ConfigurationError
+from audit_mw.events._core import (
     EventRecord,
     EventSettings,
     Kind,
@@ -19,9 +21,7 @@ from audit_mw._event_core import (
     event_settings,
     request_facts,
 )
-from audit_mw.context import audit_context
-from audit_mw.errors import ConfigurationError
-from audit_mw.redaction import DEFAULT_REDACTOR
+from audit_mw.events.redaction import DEFAULT_REDACTOR
 
 SCOPE: dict[str, Any] = {
     "type": "http", "method": "POST", "path": "/login", "client": ("203.0.113.7", 5123),

@@ -21,4 +21,4 @@ def normalised(name: str) -> str:
 
 
 def test_async_writer_is_the_twin_of_the_sync_one() -> None:
-    assert normalised("_event_async.py") == normalised("_event_sync.py")
+    assert normalised("events/_async.py") == normalised("events/_sync.py")

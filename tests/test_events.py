@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from audit_mw.asgi import AuditMiddleware
 from audit_mw.cli import main
 from audit_mw.context import audit_context
 from audit_mw.errors import ConfigurationError, EventWriteError
@@ -34,7 +33,8 @@ from audit_mw.events import (
     log_event,
     replay,
 )
-from audit_mw.spool import Spool
+from audit_mw.events.spool import Spool
+from audit_mw.web.asgi import AuditMiddleware
 from tests._events import (
     canary_metadata,
     captured_json_log,

@@ -19,12 +19,12 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from audit_mw.capture.schema import install
 from audit_mw.cli import main
-from audit_mw.embedded import EmbeddedServer, wait_for
 from audit_mw.errors import EventWriteError
 from audit_mw.events import EventSettings, log_auth_event, replay
-from audit_mw.schema import install
-from audit_mw.spool import Spool
+from audit_mw.events.spool import Spool
+from audit_mw.testing.embedded import EmbeddedServer, wait_for
 from tests._events import captured_json_log, log_records
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]

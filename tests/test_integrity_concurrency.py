@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from audit_mw.capture.tracking import track
 from audit_mw.integrity import BackgroundSealer, JsonlSink, seal, verify
-from audit_mw.tracking import track
 from tests._integrity import app_event, hmac_keys
 
 pytestmark = pytest.mark.db

@@ -14,11 +14,11 @@ import pytest
 from psycopg import sql
 
 from audit_mw import _sql
+from audit_mw.capture.partitions import ensure_partitions, list_partitions
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import status, track
 from audit_mw.cli import main
 from audit_mw.integrity import JsonlSink, seal, verify
-from audit_mw.partitions import ensure_partitions, list_partitions
-from audit_mw.schema import install
-from audit_mw.tracking import status, track
 from tests._db import track_before_0007
 from tests._integrity import HMAC_SECRET, build_trail, env_for, hmac_keys
 from tests._retention import count, old_month, partition_names

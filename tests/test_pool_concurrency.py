@@ -32,9 +32,9 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from werkzeug.serving import make_server
 
-from audit_mw.asgi import AuditMiddleware
 from audit_mw.pool import AsyncAuditPool, AuditPool
-from audit_mw.wsgi import WSGIAuditMiddleware
+from audit_mw.web.asgi import AuditMiddleware
+from audit_mw.web.wsgi import WSGIAuditMiddleware
 from tests._pool import create_notes, note_events
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from audit_mw.tracking import track
+from audit_mw.capture.tracking import track
 from tests._db import audit_rows
 
 Conn = psycopg.Connection[Any]

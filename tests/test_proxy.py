@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv6Address
 import pytest
 
 from audit_mw.errors import ConfigurationError
-from audit_mw.proxy import MAX_HOPS, TrustedProxies, parse_node, resolve_client_ip
+from audit_mw.web.proxy import MAX_HOPS, TrustedProxies, parse_node, resolve_client_ip
 
 PROXY = "10.0.0.1"  # the socket peer when a request comes through our proxy
 CLIENT = "203.0.113.7"

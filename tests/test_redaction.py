@@ -9,7 +9,14 @@ from decimal import Decimal
 
 import pytest
 
-from audit_mw.redaction import DEFAULT_REDACTOR, REDACTED, Pattern, Redactor, clean_text, luhn_valid
+from audit_mw.events.redaction import (
+    DEFAULT_REDACTOR,
+    REDACTED,
+    Pattern,
+    Redactor,
+    clean_text,
+    luhn_valid,
+)
 from tests._events import CANARIES, canary_metadata, free_text_with_canaries, hits
 
 

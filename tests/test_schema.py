@@ -9,9 +9,9 @@ import pytest
 from psycopg import sql
 
 from audit_mw import _sql
+from audit_mw.capture.schema import install, installed_version
+from audit_mw.capture.tracking import status, track
 from audit_mw.errors import SchemaError
-from audit_mw.schema import install, installed_version
-from audit_mw.tracking import status, track
 
 Conn = psycopg.Connection[Any]
 

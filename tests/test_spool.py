@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_mw.spool import Spool
+from audit_mw.events.spool import Spool
 
 
 def test_append_creates_a_private_file_and_read_all(tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_only_one_replay_at_a_time(tmp_path: Path) -> None:
 def test_concurrent_appends_from_threads_and_processes(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "events.jsonl")
     script = (
-        "import sys; from audit_mw.spool import Spool\n"
+        "import sys; from audit_mw.events.spool import Spool\n"
         "s = Spool(sys.argv[1])\n"
         "for i in range(200): s.append('{\"p\":%s,\"i\":%d}' % (sys.argv[2], i))\n"
     )

@@ -13,7 +13,7 @@ import structlog
 
 from audit_mw.context import AuditContext, current, set_user
 from audit_mw.errors import ConfigurationError
-from audit_mw.wsgi import WSGIAuditMiddleware, user_from_environ
+from audit_mw.web.wsgi import WSGIAuditMiddleware, user_from_environ
 from tests.test_proxy import PROXY_CASES, ProxyCase
 
 EMPTY = AuditContext()

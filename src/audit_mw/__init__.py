@@ -3,20 +3,20 @@
 The names users need are re-exported here; the modules behind them are:
 
 - :mod:`audit_mw.context`: the request's audit context (a ContextVar), ``audit_context``;
-- :mod:`audit_mw.asgi`, :mod:`audit_mw.wsgi`: the middleware that binds it per request;
-- :mod:`audit_mw.proxy`: trusted-proxy client IP resolution;
+- :mod:`audit_mw.web`: the middleware that binds it per request, trusted-proxy client IPs;
 - :mod:`audit_mw.pool`: ``AuditPool`` / ``AsyncAuditPool``, which carry the context to PostgreSQL;
 - :mod:`audit_mw.events`: authentication, admin and data-access events (sync and async);
 - :mod:`audit_mw.integrity`: the hash chain, its checkpoints, ``seal`` and ``verify``;
 - :mod:`audit_mw.admin`: the admin routes (``admin_app``, imported on first use: it is the
   only part that needs Starlette);
-- :mod:`audit_mw.schema`, :mod:`audit_mw.tracking`: install the schema, track tables, status;
+- :mod:`audit_mw.capture`: install the schema, track tables, status;
 - :mod:`audit_mw.errors`: the error tree.
 """
 
 from typing import TYPE_CHECKING
 
-from audit_mw.asgi import AuditMiddleware
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import retrack, status, track, untrack
 from audit_mw.context import (
     SETTING_NAMES,
     AuditContext,
@@ -62,10 +62,9 @@ from audit_mw.integrity import (
     verify_entries,
 )
 from audit_mw.pool import AsyncAuditPool, AuditPool, apply_context, apply_context_async
-from audit_mw.proxy import TrustedProxies, resolve_client_ip
-from audit_mw.schema import install
-from audit_mw.tracking import retrack, status, track, untrack
-from audit_mw.wsgi import WSGIAuditMiddleware
+from audit_mw.web.asgi import AuditMiddleware
+from audit_mw.web.proxy import TrustedProxies, resolve_client_ip
+from audit_mw.web.wsgi import WSGIAuditMiddleware
 
 __all__ = [
     "SETTING_NAMES",

@@ -55,10 +55,10 @@ from audit_mw.admin.query import (
     parse_history_query,
     where_clause,
 )
-from audit_mw.asgi import user_from_scope
 from audit_mw.context import AuditContext, current
 from audit_mw.errors import AuditError, EventWriteError, QueryError
 from audit_mw.integrity.runs import run_to_json
+from audit_mw.web.asgi import user_from_scope
 
 __all__ = ["Authorize", "admin_app"]
 

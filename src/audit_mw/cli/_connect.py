@@ -6,8 +6,8 @@ import argparse
 
 import psycopg
 
-from audit_mw.embedded import EmbeddedServer, resolve_dsn
 from audit_mw.errors import ConfigurationError
+from audit_mw.testing.embedded import EmbeddedServer, resolve_dsn
 
 #: The database the CLI uses on the embedded server.
 EMBEDDED_DBNAME = "audit_mw"

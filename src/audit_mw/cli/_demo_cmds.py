@@ -21,8 +21,8 @@ import psycopg
 from psycopg import sql
 
 from audit_mw.cli._connect import embedded_server
-from audit_mw.embedded import DEFAULT_DATA_DIR, resolve_dsn
 from audit_mw.errors import ConfigurationError
+from audit_mw.testing.embedded import DEFAULT_DATA_DIR, resolve_dsn
 
 DEMO_DB = "audit_mw_demo"
 

@@ -13,7 +13,7 @@ import structlog
 from audit_mw.cli._connect import connect
 from audit_mw.errors import ConfigurationError
 from audit_mw.events import replay
-from audit_mw.spool import Spool
+from audit_mw.events.spool import Spool
 
 #: Where `audit-mw replay` looks for the spool when --spool is not given.
 SPOOL_ENV = "AUDIT_MW_SPOOL"

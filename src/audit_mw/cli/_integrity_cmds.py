@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from audit_mw.capture.partitions import ensure_partitions_quietly
 from audit_mw.cli._connect import connect
 from audit_mw.errors import AuditError, IntegrityError, SchemaError
 from audit_mw.integrity.chain import VerifyResult
@@ -20,7 +21,6 @@ from audit_mw.integrity.keys import KeyRing, generate_hmac_key, generate_signing
 from audit_mw.integrity.runs import record_failure, record_run
 from audit_mw.integrity.seal import seal
 from audit_mw.integrity.verify import verify
-from audit_mw.partitions import ensure_partitions_quietly
 
 
 def register(commands: Any) -> None:

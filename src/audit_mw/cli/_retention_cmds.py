@@ -9,11 +9,11 @@ import os
 import sys
 from typing import Any
 
+from audit_mw.capture.partitions import MONTHS_AHEAD, ensure_partitions, list_partitions
 from audit_mw.cli._connect import connect
 from audit_mw.errors import RetentionError
 from audit_mw.integrity.keys import KeyRing
 from audit_mw.integrity.retention import RetentionSink, retention_file_for
-from audit_mw.partitions import MONTHS_AHEAD, ensure_partitions, list_partitions
 from audit_mw.retention import (
     RetentionResult,
     add_hold,

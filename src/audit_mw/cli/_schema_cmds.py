@@ -7,10 +7,10 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from audit_mw.capture.schema import install
+from audit_mw.capture.tracking import Status, TrackedTable, retrack, status, track, untrack
 from audit_mw.cli._connect import connect
 from audit_mw.errors import TrackingError
-from audit_mw.schema import install
-from audit_mw.tracking import Status, TrackedTable, retrack, status, track, untrack
 
 
 def register(commands: Any) -> None:

@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from audit_mw import _sql
+from audit_mw.capture.partitions import list_partitions
 from audit_mw.errors import IntegrityError, RetentionError
 from audit_mw.events import log_event
 from audit_mw.integrity.chain import GENESIS
@@ -37,7 +38,6 @@ from audit_mw.integrity.checkpoints import utc_text
 from audit_mw.integrity.keys import KeyRing
 from audit_mw.integrity.retention import RetentionCheckpoint
 from audit_mw.integrity.verify import verify
-from audit_mw.partitions import list_partitions
 from audit_mw.retention.policy import MIN_MONTHS, RetentionPolicy
 
 __all__ = [

@@ -1,4 +1,4 @@
--- Statements of partition maintenance and retention (audit_mw.partitions, audit_mw.retention).
+-- Statements of partition maintenance and retention (audit_mw.capture.partitions, audit_mw.retention).
 
 -- name: ensure_partitions
 SELECT partition_name, outcome

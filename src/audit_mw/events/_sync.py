@@ -1,6 +1,6 @@
 """The synchronous event writer: moves records to the database, the spool and the log.
 
-A thin shell around :mod:`audit_mw._event_core`; ``_event_async`` is its twin, line for
+A thin shell around :mod:`audit_mw.events._core`; ``events._async`` is its twin, line for
 line. Keep them in step.
 """
 
@@ -13,8 +13,8 @@ from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
 from audit_mw import _sql
-from audit_mw._event_core import EventRecord, EventResult, EventSettings
-from audit_mw._event_outcome import (
+from audit_mw.events._core import EventRecord, EventResult, EventSettings
+from audit_mw.events._outcome import (
     ReplayResult,
     check_target,
     mark_spooled,
@@ -24,7 +24,7 @@ from audit_mw._event_outcome import (
     stored,
     write_failed,
 )
-from audit_mw.spool import Spool
+from audit_mw.events.spool import Spool
 
 __all__ = ["Database", "replay", "write"]
 

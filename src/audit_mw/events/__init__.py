@@ -27,9 +27,9 @@ an ``AsyncConnectionPool`` or ``AsyncConnection``.
 - When the database cannot be reached, the call raises
   :class:`~audit_mw.errors.EventWriteError` (fail closed), unless the
   :class:`EventSettings` name a spool: then the event is kept on disk and replayed later.
-- Everything is cleaned of control characters and redacted (:mod:`audit_mw.redaction`)
+- Everything is cleaned of control characters and redacted (:mod:`audit_mw.events.redaction`)
   before it is stored, spooled or logged, and each event is emitted through structlog
-  (:mod:`audit_mw.eventlog`).
+  (:mod:`audit_mw.events.log`).
 
 See ``docs/events.md`` for the vocabulary, the failure policies and the redaction rules.
 """
@@ -39,9 +39,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from audit_mw import _event_async, _event_sync
-from audit_mw._event_async import AsyncDatabase
-from audit_mw._event_core import (
+from audit_mw.errors import ConfigurationError
+from audit_mw.events import _async, _sync
+from audit_mw.events._async import AsyncDatabase
+from audit_mw.events._core import (
     OWASP_EVENTS,
     AccessAction,
     AdminAction,
@@ -55,10 +56,9 @@ from audit_mw._event_core import (
     default_success,
     event_settings,
 )
-from audit_mw._event_outcome import ReplayResult
-from audit_mw._event_sync import Database
-from audit_mw.errors import ConfigurationError
-from audit_mw.spool import Spool
+from audit_mw.events._outcome import ReplayResult
+from audit_mw.events._sync import Database
+from audit_mw.events.spool import Spool
 
 __all__ = [
     "OWASP_EVENTS",
@@ -187,7 +187,7 @@ def log_auth_event(
         action=action, user_id=user_id, actor_id=actor_id, success=success, reason=reason,
         request=request, metadata=metadata, event_id=event_id, settings=settings,
     )
-    return _event_sync.write(db, record, in_transaction=in_transaction, settings=settings)
+    return _sync.write(db, record, in_transaction=in_transaction, settings=settings)
 
 
 def log_event(
@@ -219,7 +219,7 @@ def log_event(
         actor_id=actor_id, success=success, reason=reason, request=request,
         metadata=metadata, event_id=event_id, settings=settings,
     )
-    return _event_sync.write(db, record, in_transaction=in_transaction, settings=settings)
+    return _sync.write(db, record, in_transaction=in_transaction, settings=settings)
 
 
 def log_access(
@@ -266,7 +266,7 @@ def replay(
     With ``wait=False`` it returns at once (``skipped``) when another replay is running.
     """
     settings = settings or event_settings()
-    return _event_sync.replay(db, _spool(spool, settings), settings=settings, wait=wait)
+    return _sync.replay(db, _spool(spool, settings), settings=settings, wait=wait)
 
 
 # --- asynchronous ----------------------------------------------------------------------
@@ -292,7 +292,7 @@ async def alog_auth_event(
         action=action, user_id=user_id, actor_id=actor_id, success=success, reason=reason,
         request=request, metadata=metadata, event_id=event_id, settings=settings,
     )
-    return await _event_async.write(db, record, in_transaction=in_transaction,
+    return await _async.write(db, record, in_transaction=in_transaction,
                                     settings=settings)
 
 
@@ -319,7 +319,7 @@ async def alog_event(
         actor_id=actor_id, success=success, reason=reason, request=request,
         metadata=metadata, event_id=event_id, settings=settings,
     )
-    return await _event_async.write(db, record, in_transaction=in_transaction,
+    return await _async.write(db, record, in_transaction=in_transaction,
                                     settings=settings)
 
 
@@ -358,7 +358,7 @@ async def areplay(
 ) -> ReplayResult:
     """The async form of :func:`replay`."""
     settings = settings or event_settings()
-    return await _event_async.replay(db, _spool(spool, settings), settings=settings,
+    return await _async.replay(db, _spool(spool, settings), settings=settings,
                                      wait=wait)
 
 

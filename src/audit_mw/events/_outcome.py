@@ -14,11 +14,11 @@ from typing import Any
 
 from psycopg import pq
 
-from audit_mw._event_core import EventRecord, EventResult, EventSettings
 from audit_mw.errors import ConfigurationError, EventWriteError
-from audit_mw.eventlog import emit
-from audit_mw.redaction import clean_text
-from audit_mw.spool import Spool, SpoolBatch
+from audit_mw.events._core import EventRecord, EventResult, EventSettings
+from audit_mw.events.log import emit
+from audit_mw.events.redaction import clean_text
+from audit_mw.events.spool import Spool, SpoolBatch
 
 __all__ = [
     "ReplayResult",

@@ -4,7 +4,7 @@ No I/O here. :func:`build_record` turns what the application says (an action, th
 request object, metadata) into the exact parameters of ``audit.log_event()``: validated,
 cleaned of control characters, redacted, capped to the same limits the database applies,
 so that what is stored, what is spooled and what is logged are the same values. The sync
-and async shells (``_event_sync``, ``_event_async``) only move records to the database, the
+and async shells (``events._sync``, ``events._async``) only move records to the database, the
 spool and the log.
 """
 
@@ -21,11 +21,11 @@ from ipaddress import IPv6Address, ip_address
 from pathlib import Path
 from typing import Any, Final
 
-from audit_mw._request import ANONYMOUS
 from audit_mw.context import current, is_valid_request_id
 from audit_mw.errors import ConfigurationError
-from audit_mw.redaction import DEFAULT_REDACTOR, JSONValue, Redactor
-from audit_mw.spool import Spool
+from audit_mw.events.redaction import DEFAULT_REDACTOR, JSONValue, Redactor
+from audit_mw.events.spool import Spool
+from audit_mw.web._request import ANONYMOUS
 
 __all__ = [
     "AccessAction",
@@ -150,10 +150,10 @@ class EventSettings:
     """How events are written; set once with :func:`configure_events` or pass per call.
 
     - ``spool``: ``None`` (the default) fails closed: when an event cannot be stored, the
-      call raises :class:`~audit_mw.errors.EventWriteError`. A :class:`~audit_mw.spool.Spool`
+      call raises :class:`~audit_mw.errors.EventWriteError`. A :class:`~audit_mw.events.spool.Spool`
       (or a path) keeps such events in a durable local file instead, replayed on the next
       successful write and by ``audit-mw replay``.
-    - ``redactor``: the redaction rules (:data:`~audit_mw.redaction.DEFAULT_REDACTOR`).
+    - ``redactor``: the redaction rules (:data:`~audit_mw.events.redaction.DEFAULT_REDACTOR`).
     - ``timeout``: seconds to wait for a connection from a pool.
     - ``logger``: the structlog logger name events are emitted under.
     """
@@ -172,7 +172,7 @@ class EventSettings:
         logger: str = "audit_mw.events",
     ) -> None:
         if not isinstance(redactor, Redactor):
-            raise ConfigurationError("redactor must be an audit_mw.redaction.Redactor")
+            raise ConfigurationError("redactor must be an audit_mw.events.redaction.Redactor")
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise ConfigurationError(f"timeout must be a positive number, not {timeout!r}")
         object.__setattr__(

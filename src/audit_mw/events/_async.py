@@ -1,4 +1,4 @@
-"""The asynchronous event writer: the twin of ``_event_sync``, line for line.
+"""The asynchronous event writer: the twin of ``events._sync``, line for line.
 
 Spool file operations stay synchronous: they are short, local, and only run when the
 database failed or the spool holds something.
@@ -13,8 +13,8 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from audit_mw import _sql
-from audit_mw._event_core import EventRecord, EventResult, EventSettings
-from audit_mw._event_outcome import (
+from audit_mw.events._core import EventRecord, EventResult, EventSettings
+from audit_mw.events._outcome import (
     ReplayResult,
     check_target,
     mark_spooled,
@@ -24,7 +24,7 @@ from audit_mw._event_outcome import (
     stored,
     write_failed,
 )
-from audit_mw.spool import Spool
+from audit_mw.events.spool import Spool
 
 __all__ = ["AsyncDatabase", "replay", "write"]
 

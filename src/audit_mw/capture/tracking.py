@@ -22,9 +22,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from audit_mw import _sql
+from audit_mw.capture.partitions import partition_guard_problems
+from audit_mw.capture.schema import GUARD_PREFIX, installed_version, pinned_search_path
 from audit_mw.errors import SchemaError, TrackingError
-from audit_mw.partitions import partition_guard_problems
-from audit_mw.schema import GUARD_PREFIX, installed_version, pinned_search_path
 
 __all__ = ["TableStatus", "TrackedTable", "retrack", "status", "track", "untrack"]
 

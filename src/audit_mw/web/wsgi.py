@@ -30,15 +30,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import Context, Token, copy_context
 from typing import TYPE_CHECKING, Any
 
-from audit_mw._request import (
+from audit_mw.context import bind, reset
+from audit_mw.web._request import (
     bind_log_context,
     build_context,
     make_options,
     new_request_id,
     reset_log_context,
 )
-from audit_mw.context import bind, reset
-from audit_mw.proxy import TrustedProxies
+from audit_mw.web.proxy import TrustedProxies
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -62,7 +62,7 @@ def _environ_key(header: str) -> str:
 class WSGIAuditMiddleware:
     """Bind an :class:`~audit_mw.context.AuditContext` around each WSGI request.
 
-    Takes the same options as :class:`~audit_mw.asgi.AuditMiddleware`, with these
+    Takes the same options as :class:`~audit_mw.web.asgi.AuditMiddleware`, with these
     sources: the user from ``user_resolver(environ)`` (default: ``REMOTE_USER``), the
     peer from ``REMOTE_ADDR``, headers from the ``HTTP_*`` keys (servers join repeated
     header lines with commas). See the module docstring for how long the context stays

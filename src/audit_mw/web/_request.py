@@ -18,7 +18,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from audit_mw.context import USER_AGENT_MAX_LENGTH, AuditContext, is_valid_request_id
 from audit_mw.errors import ConfigurationError
-from audit_mw.proxy import TrustedProxies
+from audit_mw.web.proxy import TrustedProxies
 
 #: The user recorded for a request that no one is logged in to.
 ANONYMOUS: Final = "anonymous"

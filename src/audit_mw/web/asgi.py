@@ -23,16 +23,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from contextvars import Token
 from typing import Any
 
-from audit_mw._request import (
+from audit_mw.context import bind, reset
+from audit_mw.errors import ConfigurationError
+from audit_mw.web._request import (
     bind_log_context,
     build_context,
     make_options,
     new_request_id,
     reset_log_context,
 )
-from audit_mw.context import bind, reset
-from audit_mw.errors import ConfigurationError
-from audit_mw.proxy import TrustedProxies
+from audit_mw.web.proxy import TrustedProxies
 
 __all__ = ["AuditMiddleware", "user_from_scope"]
 
@@ -77,7 +77,7 @@ class AuditMiddleware:
     Per request it resolves the user (``user_resolver(scope)``, a plain synchronous
     function returning the user id or ``None`` for anonymous; it runs on the event loop,
     so it must not block), the client IP (the socket peer, or the client behind
-    ``trusted_proxies``, see :mod:`audit_mw.proxy`), the request id (the
+    ``trusted_proxies``, see :mod:`audit_mw.web.proxy`), the request id (the
     ``request_id_header`` value when ``trust_request_id`` and it is at most 128
     well-formed characters, else ``generate_request_id()``) and the user agent (cut to
     ``user_agent_max`` characters, 0 to leave it out). The context is bound for the

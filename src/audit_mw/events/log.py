@@ -15,7 +15,7 @@ Vocabulary name) and the outcome:
 - ``audit_mw.spool_replayed`` (info) / ``audit_mw.spool_replay_failed`` (error) /
   ``audit_mw.spool_line_rejected`` (error): replay progress and trouble.
 
-The values were cleaned and redacted before they got here (see :mod:`audit_mw.redaction`):
+The values were cleaned and redacted before they got here (see :mod:`audit_mw.events.redaction`):
 none holds a control character, so even a line-oriented renderer cannot be made to split
 or forge a line, and a JSON renderer always writes one object per line.
 """
