@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from audit_mw_examples.fastapi_sqlalchemy.app import SCHEMA, create_app, hash_password
 
-from audit_mw.tracking import track
+from audit_mw.capture.tracking import track
 from tests._orm_load import PASSWORD, USERS, Outcome, run_load, serve_asgi
 from tests.conftest import APP_ROLE
 
