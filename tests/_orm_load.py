@@ -83,7 +83,7 @@ async def login_all(base_url: str, login: Login, usernames: list[str]
                     ) -> dict[str, tuple[dict[str, str], str]]:
     """Log every user in at once; every login must succeed."""
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=20, limits=limits) as client:
         results = await asyncio.gather(*(login(client, u, PASSWORD) for u in usernames))
     failed = [u for u, (status, _, _) in zip(usernames, results, strict=True) if status != 200]
     assert not failed, f"{len(failed)} of {len(usernames)} concurrent logins failed"
@@ -104,7 +104,7 @@ async def _round(base_url: str, write: Write, sessions: dict[str, tuple[dict[str
         jobs.append((dict(headers, **{"x-forwarded-for": ip, "x-request-id": request_id}),
                      rng.randrange(1, orders + 1), request_id))
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=20, limits=limits) as client:
         statuses = await asyncio.gather(*(write(client, h, o, n) for h, o, n in jobs))
     return expected, sum(1 for s in statuses if s != 200)
 
