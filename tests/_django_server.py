@@ -12,6 +12,7 @@ prints ``PORT <n>`` and serves on 127.0.0.1 until terminated:
 from __future__ import annotations
 
 import faulthandler
+import logging
 import os
 import signal
 import socket
@@ -70,6 +71,7 @@ def _serve_wsgi() -> None:
             finally:
                 self.shutdown_request(request)
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     server = PooledServer()
     _announce(server.server_port)
     server.serve_forever()

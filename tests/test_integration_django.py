@@ -45,6 +45,8 @@ def django_server(app_dsn: str, mode: str, *, pool: bool, audit: bool = True
     finally:
         process.terminate()
         process.wait(30)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _md5_hash(password: str) -> str:
