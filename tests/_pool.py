@@ -66,11 +66,16 @@ async def read_settings_async(conn: psycopg.AsyncConnection[Any]) -> dict[str, s
     return {name: value or "" for name, value in zip(SETTING_NAMES, row, strict=True)}
 
 
-def count_round_trips(conn: psycopg.BaseConnection[Any], action: Callable[[], T]) -> tuple[T, int]:
-    """Run ``action`` and count the ReadyForQuery messages the server sent meanwhile.
+def count_round_trips(
+    conn: psycopg.BaseConnection[Any], action: Callable[[], T]
+) -> tuple[T, int, int]:
+    """Run ``action``; count the server's ReadyForQuery messages, and the client's turns.
 
-    Each one ends a request the client waited for, so outside of pipelines that stack
-    several syncs, it is the number of network round trips.
+    A ReadyForQuery ends each request the client waited for (and each Sync of a pipeline).
+    A turn is a run of messages from the client followed by the server's answers: the
+    number of times the client sent and then waited, that is, of network round trips
+    (libpq traces a message when it is queued; a pipeline queues all of its messages before
+    the first answer is read, on a local server too).
     """
     with tempfile.TemporaryFile("w+") as trace:
         conn.pgconn.trace(trace.fileno())
@@ -83,4 +88,9 @@ def count_round_trips(conn: psycopg.BaseConnection[Any], action: Callable[[], T]
         os.fsync(trace.fileno())
         trace.seek(0)
         lines = trace.read().splitlines()
-    return result, sum(1 for line in lines if "\tReadyForQuery" in line and line.startswith("B"))
+    ready = sum(1 for line in lines if "\tReadyForQuery" in line and line.startswith("B"))
+    turns = sum(
+        1 for before, line in zip(["B", *lines], lines, strict=False)
+        if line.startswith("F") and before.startswith("B")
+    )
+    return result, ready, turns

@@ -183,9 +183,7 @@ def write_as_current(pool: AuditPool, author: str) -> None:
         conn.execute(INSERT, [author, None])
 
 
-def test_checkout_costs_one_round_trip_and_none_when_the_context_is_current(
-    app_dsn: str, notes: Conn
-) -> None:
+def test_a_new_context_costs_no_round_trip_of_its_own(app_dsn: str, notes: Conn) -> None:
     # Not prepared: psycopg's one-off round trip to prepare a statement would blur the count.
     pool = AuditPool(app_dsn, min_size=1, max_size=1, kwargs={"prepare_threshold": None})
     with pool:
@@ -195,22 +193,26 @@ def test_checkout_costs_one_round_trip_and_none_when_the_context_is_current(
 def _count_checkout_round_trips(pool: AuditPool) -> None:
     def checkout() -> None:
         with pool.connection() as conn:
-            conn.execute(INSERT, ["x", None])  # BEGIN, INSERT, COMMIT: three round trips
+            conn.execute(INSERT, ["x", None])
 
     with pool.connection() as conn:
         pass
     (conn,) = pool._pool  # the only connection, to trace it
+    # Plain: BEGIN, INSERT, COMMIT, three requests, three ReadyForQuery, three round trips.
+    # A new context: the settings and a Sync, BEGIN and INSERT and a Sync go in one request
+    # (two ReadyForQuery), then COMMIT: two round trips, one fewer than with no context to
+    # send. The context already there: nothing is added.
     with audit_context(ALICE):
-        assert count_round_trips(conn, checkout)[1] == 3 + 1
-        assert count_round_trips(conn, checkout)[1] == 3
+        assert count_round_trips(conn, checkout)[1:] == (3, 2)
+        assert count_round_trips(conn, checkout)[1:] == (3, 3)
         # An equal context (another object) is just as current.
         with audit_context(AuditContext(**{f: getattr(ALICE, f) for f in (
                 "user_id", "client_ip", "request_id", "user_agent", "extra")})):
-            assert count_round_trips(conn, checkout)[1] == 3
+            assert count_round_trips(conn, checkout)[1:] == (3, 3)
         with audit_context(request_id="req-c"):
-            assert count_round_trips(conn, checkout)[1] == 3 + 1
-    assert count_round_trips(conn, checkout)[1] == 3 + 1
-    assert count_round_trips(conn, checkout)[1] == 3
+            assert count_round_trips(conn, checkout)[1:] == (3, 2)
+    assert count_round_trips(conn, checkout)[1:] == (3, 2)
+    assert count_round_trips(conn, checkout)[1:] == (3, 3)
 
 
 def test_a_new_connection_is_never_assumed_clean(app_dsn: str, notes: Conn, cluster: Any) -> None:
@@ -416,8 +418,10 @@ def test_transaction_mode_costs_no_extra_round_trip(app_dsn: str, notes: Conn) -
             conn.execute(INSERT, ["x", None])
             conn.commit()
 
-        baseline = count_round_trips(plain, lambda: write(plain))[1]
+        baseline = count_round_trips(plain, lambda: write(plain))[2]
 
     pool = AuditPool(app_dsn, min_size=1, max_size=1, context_mode="transaction")
     with pool, audit_context(ALICE), pool.connection() as conn:
-        assert count_round_trips(conn, lambda: write(conn))[1] == baseline
+        # BEGIN, the settings and the INSERT in one request, then COMMIT.
+        assert baseline == 3
+        assert count_round_trips(conn, lambda: write(conn))[2] == baseline - 1

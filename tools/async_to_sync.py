@@ -31,7 +31,9 @@ FILES = [
 WORDS = [
     ("apply_context_async", "apply_context"),
     ("AsyncAuditPool", "AuditPool"),
+    ("AsyncAuditClientCursor", "AuditClientCursor"),
     ("AsyncAuditCursor", "AuditCursor"),
+    ("AsyncClientCursor", "ClientCursor"),
     ("AsyncConnectionPool", "ConnectionPool"),
     ("AsyncConninfoParam", "ConninfoParam"),
     ("AsyncConnection", "Connection"),

@@ -3,18 +3,15 @@
 What is decided here:
 
 - which statement carries the context (``sql/pool.sql``) and with which parameters;
-- whether a connection already carries a given context (session mode), from a record kept
-  per connection of the context last applied to it;
 - whether a connection is in a state where applying makes sense, with the error to raise
   when it is not;
-- the cursor class that re-applies the context before each statement (transaction mode).
+- which cursor class carries the context over an application's own cursor factory.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any, Final, Literal, TypeVar, get_args
-from weakref import WeakKeyDictionary
 
 from psycopg import BaseConnection, pq
 
@@ -29,9 +26,7 @@ __all__ = [
     "check_mode",
     "check_session_apply",
     "derive_cursor_class",
-    "forget",
-    "is_applied",
-    "remember",
+    "register_cursor_class",
     "setting_values",
     "underlying_cursor_class",
 ]
@@ -42,10 +37,6 @@ ContextMode = Literal["session", "transaction"]
 
 _IDLE: Final = pq.TransactionStatus.IDLE
 
-# The context last applied at session level to each live connection, and committed. A
-# connection that is not here (new, or whose last apply did not complete) is "unknown": the
-# next checkout applies. Weak keys: a discarded connection drops out by itself.
-_applied: WeakKeyDictionary[BaseConnection[Any], AuditContext] = WeakKeyDictionary()
 
 
 def check_mode(mode: object) -> ContextMode:
@@ -68,23 +59,6 @@ def setting_values(context: AuditContext) -> tuple[str, ...]:
     """The parameters of :func:`apply_statement`, in :data:`SETTING_NAMES` order."""
     settings = context.settings()
     return tuple(settings[name] for name in SETTING_NAMES)
-
-
-def is_applied(conn: BaseConnection[Any], context: AuditContext) -> bool:
-    """Whether ``conn`` is known to carry exactly ``context`` at session level."""
-    applied = _applied.get(conn)
-    # Equal contexts have equal settings, so skipping is the same as applying again.
-    return applied is not None and (applied is context or applied == context)
-
-
-def forget(conn: BaseConnection[Any]) -> None:
-    """Mark what ``conn`` carries as unknown; done before every attempt to apply."""
-    _applied.pop(conn, None)
-
-
-def remember(conn: BaseConnection[Any], context: AuditContext) -> None:
-    """Record that ``context`` was applied to ``conn`` at session level, and committed."""
-    _applied[conn] = context
 
 
 def check_session_apply(conn: BaseConnection[Any]) -> None:
@@ -131,6 +105,11 @@ def derive_cursor_class(audit_class: type[_C], base: type[Any]) -> type[_C]:
     return derived
 
 
+def register_cursor_class(audit_class: type[Any], base: type[Any], derived: type[Any]) -> None:
+    """Make :func:`derive_cursor_class` answer ``derived`` (a named public class) for ``base``."""
+    _derived[audit_class, base] = derived
+
+
 # Few entries: one per cursor factory an application uses.
 _derived: dict[tuple[type[Any], type[Any]], type[Any]] = {}
 
@@ -141,5 +120,5 @@ def underlying_cursor_class(audit_class: type[Any], plain: type[_C], cls: type[_
         return plain
     bases = cls.__bases__
     if len(bases) == 2 and bases[0] is audit_class:
-        return bases[1]  # a class made by derive_cursor_class()
+        return bases[1]  # a class made by derive_cursor_class() or registered
     return cls

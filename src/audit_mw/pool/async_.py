@@ -1,8 +1,9 @@
-"""The asyncio audit-aware pool, :class:`AsyncAuditPool`, and :func:`apply_context_async`.
+"""The asyncio audit-aware pool, :class:`AsyncAuditPool`, its cursors, and
+:func:`apply_context_async`.
 
 This file is the source: ``sync.py`` is generated from it by ``tools/async_to_sync.py``
 (run ``python tools/async_to_sync.py --check`` to verify the twin is current). Keep the
-logic in ``_base.py``; here only the I/O.
+logic in ``_base.py`` and ``_carry.py``; here only the I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
-from psycopg import AsyncConnection, AsyncCopy, AsyncCursor, pq
+from psycopg import AsyncClientCursor, AsyncConnection, AsyncCopy, AsyncCursor, pq
 from psycopg.abc import Params, Query, QueryNoTemplate
 from psycopg.copy import AsyncWriter
 from psycopg.rows import Row
@@ -19,7 +20,6 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.abc import ACT, AsyncConninfoParam
 
 from audit_mw.context import AuditContext, current
-from audit_mw.errors import ConfigurationError
 from audit_mw.pool._base import (
     ContextMode,
     apply_statement,
@@ -27,39 +27,54 @@ from audit_mw.pool._base import (
     check_mode,
     check_session_apply,
     derive_cursor_class,
-    forget,
-    is_applied,
-    remember,
+    register_cursor_class,
     setting_values,
     underlying_cursor_class,
 )
+from audit_mw.pool._carry import (
+    confirm,
+    forget_context,
+    install_hook,
+    must_send,
+    refuse_unattributed,
+    state_of,
+    streaming,
+)
 
-__all__ = ["AsyncAuditCursor", "AsyncAuditPool", "apply_context_async"]
+__all__ = [
+    "AsyncAuditClientCursor",
+    "AsyncAuditCursor",
+    "AsyncAuditPool",
+    "apply_context_async",
+]
+
+_PIPELINE_OFF = pq.PipelineStatus.OFF
 
 
 class AsyncAuditPool(AsyncConnectionPool[ACT]):
     """A :class:`psycopg_pool.AsyncConnectionPool` that attributes every change it carries.
 
-    Every checkout (``connection()`` or ``getconn()``) carries the audit context that is
-    current in the borrowing task (:func:`audit_mw.context.current`) to the database,
-    where the capture triggers read it. Takes every argument of ``AsyncConnectionPool``,
-    plus ``context_mode``:
+    Every statement run on a checked-out connection (``connection()`` or ``getconn()``)
+    carries the audit context that is current in the borrowing task
+    (:func:`audit_mw.context.current`) when it runs, in the same network round trip as
+    the statement, and only when the connection does not already carry it. A context that
+    changes during the checkout (``set_user()``, a nested ``audit_context``) is carried by
+    the next statement. Takes every argument of ``AsyncConnectionPool``, plus
+    ``context_mode``:
 
     ``"session"`` (default)
-        On checkout, the context is applied at session level, committed at once, in one
-        round trip; none when the connection already carries this very context. It then
-        holds for every statement of the checkout: autocommit or not, over several
-        transactions, after a rollback. Each checkout overwrites every setting, so no
-        borrower ever runs with another borrower's context.
+        The context is set at session level, committed on its own before the statement's
+        transaction begins, so that no rollback undoes it; then nothing is sent while it
+        stays the same (across checkouts too). A context that changes inside a
+        transaction is carried transaction-locally until the transaction ends.
 
     ``"transaction"``
         For a transaction pooler such as PgBouncer with ``pool_mode = transaction``,
-        where session settings would leak to other clients. Nothing is sent on checkout;
-        instead the connection's cursors send the context, transaction-local, in the same
-        pipeline as each statement. See ``docs/pools.md`` for what is covered.
+        where session settings would leak to other clients: the context is sent,
+        transaction-local, with every statement of a transaction, never at session level.
 
-    The pool's own callbacks keep their meaning (``configure``, ``check``, ``reset``);
-    this class uses none of them.
+    See ``docs/pools.md`` for what is covered. The pool's own callbacks keep their meaning
+    (``configure``, ``check``, ``reset``); this class uses none of them.
     """
 
     def __init__(
@@ -73,22 +88,21 @@ class AsyncAuditPool(AsyncConnectionPool[ACT]):
         super().__init__(conninfo, **kwargs)
 
     async def getconn(self, timeout: float | None = None) -> ACT:
-        """Obtain a connection, carrying the current audit context (see the class doc)."""
+        """Obtain a connection whose statements carry the audit context (see the class doc)."""
         conn = await super().getconn(timeout)
-        try:
-            if self.context_mode == "session":
-                await _apply_session(conn, current(), prepare=None)
-            else:
-                conn.cursor_factory = derive_cursor_class(AsyncAuditCursor, conn.cursor_factory)
-        except BaseException:
-            # Also on cancellation: the connection goes back, what it carries is unknown.
-            await self.putconn(conn)
-            raise
+        # No I/O here: the context travels with the first statement that needs it.
+        install_hook(conn, self.context_mode).active = True
+        conn.cursor_factory = derive_cursor_class(AsyncAuditCursor, conn.cursor_factory)
         return conn
 
     async def putconn(self, conn: ACT) -> None:
         """Return a connection to the pool (see ``AsyncConnectionPool.putconn``)."""
-        # The pool's own checks run with the connection's own cursors again.
+        # The pool's own checks and resets run with the connection's own cursors again,
+        # and carry no context.
+        state_of(conn).active = False
+        if self._reset is not None:
+            # It may run RESET ALL or DISCARD ALL: what the connection carries is unknown.
+            forget_context(conn)
         conn.cursor_factory = underlying_cursor_class(
             AsyncAuditCursor, AsyncCursor, conn.cursor_factory
         )
@@ -98,44 +112,42 @@ class AsyncAuditPool(AsyncConnectionPool[ACT]):
 async def apply_context_async(
     conn: AsyncConnection[Any], context: AuditContext | None = None, *, local: bool = False
 ) -> AuditContext:
-    """Apply ``context`` (default: the current one) to a connection you manage yourself.
+    """Apply ``context`` (default: the current one) to a connection now, in a round trip.
 
-    With ``local=False`` (session level) the connection must not be in a transaction:
-    the context is applied in autocommit, so that it holds for everything that follows
-    on this connection until the next apply; nothing is sent when the connection already
-    carries this context. With ``local=True`` it holds until the end of the current
-    transaction, which is opened if needed (not in autocommit mode). Returns the context
-    applied.
+    For a connection that is not instrumented (an instrumented one carries the current
+    context with its statements by itself, see :func:`instrument_connection`). With
+    ``local=False`` (session level) the connection must not be in a transaction: the
+    context is applied in autocommit, so that it holds for everything that follows on this
+    connection until the next apply; nothing is sent when the connection already carries
+    this context. With ``local=True`` it holds until the end of the current transaction,
+    which is opened if needed (not in autocommit mode). Returns the context applied.
     """
     context = current() if context is None else context
+    state = state_of(conn)
     if local:
         check_local_apply(conn)
+        state.dirty = True
         await _execute(conn, apply_statement(True), setting_values(context), prepare=False)
-    else:
-        check_session_apply(conn)
-        await _apply_session(conn, context, prepare=None)
-    return context
-
-
-async def _apply_session(
-    conn: AsyncConnection[Any], context: AuditContext, *, prepare: bool | None
-) -> None:
-    if is_applied(conn, context):
-        return
-    forget(conn)
+        return context
+    check_session_apply(conn)
+    known = state.known
+    if known is not None and (known is context or known == context):
+        return context
+    state.known = None
     values = setting_values(context)
     if conn.autocommit:
-        await _execute(conn, apply_statement(False), values, prepare=prepare)
+        await _execute(conn, apply_statement(False), values, prepare=None)
     else:
         # Autocommit for this one statement: committed at once, beyond any later rollback.
         await conn.set_autocommit(True)
         try:
-            await _execute(conn, apply_statement(False), values, prepare=prepare)
+            await _execute(conn, apply_statement(False), values, prepare=None)
         finally:
             # The connection may be broken; the error that says so is the one to raise.
             with suppress(Exception):
                 await conn.set_autocommit(False)
-    remember(conn, context)
+    state.known = context
+    return context
 
 
 async def _execute(
@@ -147,12 +159,14 @@ async def _execute(
 
 
 class AsyncAuditCursor(AsyncCursor[Row]):
-    """A cursor that sends the current audit context, transaction-local, with each statement.
+    """A cursor whose statements carry the current audit context, with no round trip of its own.
 
-    Installed by :class:`AsyncAuditPool` in ``"transaction"`` mode. ``execute`` and
-    ``executemany`` send the context and the statement in one pipeline, in the same
-    transaction (no extra round trip). ``copy`` and ``stream`` cannot be pipelined: they
-    apply first, in the transaction they then run in, and refuse in autocommit mode.
+    When the connection does not carry the current context, ``execute`` runs the statement
+    in a pipeline with the settings in front of it: one network round trip for both.
+    ``executemany`` rides psycopg's own pipeline. ``copy`` and ``stream`` cannot be
+    pipelined: the settings go first, with the ``BEGIN`` when one is due. Works on an
+    instrumented connection (:func:`instrument_connection`, or a pool's checkout);
+    elsewhere it is a plain cursor.
     """
 
     async def execute(  # type: ignore[override]  # no t-string overload: Python 3.14 only
@@ -164,26 +178,22 @@ class AsyncAuditCursor(AsyncCursor[Row]):
         binary: bool | None = None,
     ) -> AsyncAuditCursor[Row]:
         conn = self._conn
-        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            await _queue_local(conn)
-            await super().execute(query, params, prepare=prepare, binary=binary)
+        if conn.pgconn.pipeline_status == _PIPELINE_OFF and must_send(conn):
+            async with conn.pipeline():
+                await super().execute(query, params, prepare=prepare, binary=binary)
+            confirm(conn)
             return self
-        async with conn.pipeline():
-            await _queue_local(conn)
-            await super().execute(query, params, prepare=prepare, binary=binary)
+        await super().execute(query, params, prepare=prepare, binary=binary)
         return self
 
     async def executemany(
         self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
     ) -> None:
         conn = self._conn
-        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            await _queue_local(conn)
-            await super().executemany(query, params_seq, returning=returning)
-            return
-        async with conn.pipeline():
-            await _queue_local(conn)
-            await super().executemany(query, params_seq, returning=returning)
+        own_pipeline = conn.pgconn.pipeline_status == _PIPELINE_OFF
+        await super().executemany(query, params_seq, returning=returning)
+        if own_pipeline:
+            confirm(conn)
 
     async def stream(
         self,
@@ -193,29 +203,25 @@ class AsyncAuditCursor(AsyncCursor[Row]):
         binary: bool | None = None,
         size: int = 1,
     ) -> AsyncIterator[Row]:
-        await _apply_alone(self._conn, "stream()")
-        async for record in super().stream(query, params, binary=binary, size=size):
-            yield record
+        refuse_unattributed(self._conn, "stream()")
+        try:
+            async for record in super().stream(query, params, binary=binary, size=size):
+                yield record
+        finally:
+            streaming(self._conn)
 
     @asynccontextmanager
     async def copy(
         self, statement: Query, params: Params | None = None, *, writer: AsyncWriter | None = None
     ) -> AsyncIterator[AsyncCopy]:
-        await _apply_alone(self._conn, "copy()")
+        refuse_unattributed(self._conn, "copy()")
         async with super().copy(statement, params, writer=writer) as copy:
             yield copy
 
 
-async def _queue_local(conn: AsyncConnection[Any]) -> None:
-    # In pipeline mode this only queues: it travels with the statement that follows.
-    # Not prepared: a transaction pooler may run the next one on another server session.
-    await _execute(conn, apply_statement(True), setting_values(current()), prepare=False)
+class AsyncAuditClientCursor(AsyncAuditCursor[Row], AsyncClientCursor[Row]):
+    """:class:`AsyncAuditCursor` over psycopg's ``AsyncClientCursor`` (client-side binding)."""
 
 
-async def _apply_alone(conn: AsyncConnection[Any], what: str) -> None:
-    if conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
-        raise ConfigurationError(
-            f"{what} in transaction context mode needs an open transaction, so that the"
-            " audit context holds for it: run it inside conn.transaction()"
-        )
-    await _queue_local(conn)
+register_cursor_class(AsyncAuditCursor, AsyncClientCursor, AsyncAuditClientCursor)
+

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from psycopg import Connection, Copy, Cursor, pq
+from psycopg import ClientCursor, Connection, Copy, Cursor, pq
 from psycopg.abc import Params, Query, QueryNoTemplate
 from psycopg.copy import Writer
 from psycopg.rows import Row
@@ -18,7 +18,6 @@ from psycopg_pool import ConnectionPool
 from psycopg_pool.abc import CT, ConninfoParam
 
 from audit_mw.context import AuditContext, current
-from audit_mw.errors import ConfigurationError
 from audit_mw.pool._base import (
     ContextMode,
     apply_statement,
@@ -26,39 +25,54 @@ from audit_mw.pool._base import (
     check_mode,
     check_session_apply,
     derive_cursor_class,
-    forget,
-    is_applied,
-    remember,
+    register_cursor_class,
     setting_values,
     underlying_cursor_class,
 )
+from audit_mw.pool._carry import (
+    confirm,
+    forget_context,
+    install_hook,
+    must_send,
+    refuse_unattributed,
+    state_of,
+    streaming,
+)
 
-__all__ = ["AuditCursor", "AuditPool", "apply_context"]
+__all__ = [
+    "AuditClientCursor",
+    "AuditCursor",
+    "AuditPool",
+    "apply_context",
+]
+
+_PIPELINE_OFF = pq.PipelineStatus.OFF
 
 
 class AuditPool(ConnectionPool[CT]):
     """A :class:`psycopg_pool.ConnectionPool` that attributes every change it carries.
 
-    Every checkout (``connection()`` or ``getconn()``) carries the audit context that is
-    current in the borrowing thread (:func:`audit_mw.context.current`) to the database,
-    where the capture triggers read it. Takes every argument of ``ConnectionPool``,
-    plus ``context_mode``:
+    Every statement run on a checked-out connection (``connection()`` or ``getconn()``)
+    carries the audit context that is current in the borrowing thread
+    (:func:`audit_mw.context.current`) when it runs, in the same network round trip as
+    the statement, and only when the connection does not already carry it. A context that
+    changes during the checkout (``set_user()``, a nested ``audit_context``) is carried by
+    the next statement. Takes every argument of ``ConnectionPool``, plus
+    ``context_mode``:
 
     ``"session"`` (default)
-        On checkout, the context is applied at session level, committed at once, in one
-        round trip; none when the connection already carries this very context. It then
-        holds for every statement of the checkout: autocommit or not, over several
-        transactions, after a rollback. Each checkout overwrites every setting, so no
-        borrower ever runs with another borrower's context.
+        The context is set at session level, committed on its own before the statement's
+        transaction begins, so that no rollback undoes it; then nothing is sent while it
+        stays the same (across checkouts too). A context that changes inside a
+        transaction is carried transaction-locally until the transaction ends.
 
     ``"transaction"``
         For a transaction pooler such as PgBouncer with ``pool_mode = transaction``,
-        where session settings would leak to other clients. Nothing is sent on checkout;
-        instead the connection's cursors send the context, transaction-local, in the same
-        pipeline as each statement. See ``docs/pools.md`` for what is covered.
+        where session settings would leak to other clients: the context is sent,
+        transaction-local, with every statement of a transaction, never at session level.
 
-    The pool's own callbacks keep their meaning (``configure``, ``check``, ``reset``);
-    this class uses none of them.
+    See ``docs/pools.md`` for what is covered. The pool's own callbacks keep their meaning
+    (``configure``, ``check``, ``reset``); this class uses none of them.
     """
 
     def __init__(
@@ -72,22 +86,21 @@ class AuditPool(ConnectionPool[CT]):
         super().__init__(conninfo, **kwargs)
 
     def getconn(self, timeout: float | None = None) -> CT:
-        """Obtain a connection, carrying the current audit context (see the class doc)."""
+        """Obtain a connection whose statements carry the audit context (see the class doc)."""
         conn = super().getconn(timeout)
-        try:
-            if self.context_mode == "session":
-                _apply_session(conn, current(), prepare=None)
-            else:
-                conn.cursor_factory = derive_cursor_class(AuditCursor, conn.cursor_factory)
-        except BaseException:
-            # Also on cancellation: the connection goes back, what it carries is unknown.
-            self.putconn(conn)
-            raise
+        # No I/O here: the context travels with the first statement that needs it.
+        install_hook(conn, self.context_mode).active = True
+        conn.cursor_factory = derive_cursor_class(AuditCursor, conn.cursor_factory)
         return conn
 
     def putconn(self, conn: CT) -> None:
         """Return a connection to the pool (see ``ConnectionPool.putconn``)."""
-        # The pool's own checks run with the connection's own cursors again.
+        # The pool's own checks and resets run with the connection's own cursors again,
+        # and carry no context.
+        state_of(conn).active = False
+        if self._reset is not None:
+            # It may run RESET ALL or DISCARD ALL: what the connection carries is unknown.
+            forget_context(conn)
         conn.cursor_factory = underlying_cursor_class(
             AuditCursor, Cursor, conn.cursor_factory
         )
@@ -97,44 +110,42 @@ class AuditPool(ConnectionPool[CT]):
 def apply_context(
     conn: Connection[Any], context: AuditContext | None = None, *, local: bool = False
 ) -> AuditContext:
-    """Apply ``context`` (default: the current one) to a connection you manage yourself.
+    """Apply ``context`` (default: the current one) to a connection now, in a round trip.
 
-    With ``local=False`` (session level) the connection must not be in a transaction:
-    the context is applied in autocommit, so that it holds for everything that follows
-    on this connection until the next apply; nothing is sent when the connection already
-    carries this context. With ``local=True`` it holds until the end of the current
-    transaction, which is opened if needed (not in autocommit mode). Returns the context
-    applied.
+    For a connection that is not instrumented (an instrumented one carries the current
+    context with its statements by itself, see :func:`instrument_connection`). With
+    ``local=False`` (session level) the connection must not be in a transaction: the
+    context is applied in autocommit, so that it holds for everything that follows on this
+    connection until the next apply; nothing is sent when the connection already carries
+    this context. With ``local=True`` it holds until the end of the current transaction,
+    which is opened if needed (not in autocommit mode). Returns the context applied.
     """
     context = current() if context is None else context
+    state = state_of(conn)
     if local:
         check_local_apply(conn)
+        state.dirty = True
         _execute(conn, apply_statement(True), setting_values(context), prepare=False)
-    else:
-        check_session_apply(conn)
-        _apply_session(conn, context, prepare=None)
-    return context
-
-
-def _apply_session(
-    conn: Connection[Any], context: AuditContext, *, prepare: bool | None
-) -> None:
-    if is_applied(conn, context):
-        return
-    forget(conn)
+        return context
+    check_session_apply(conn)
+    known = state.known
+    if known is not None and (known is context or known == context):
+        return context
+    state.known = None
     values = setting_values(context)
     if conn.autocommit:
-        _execute(conn, apply_statement(False), values, prepare=prepare)
+        _execute(conn, apply_statement(False), values, prepare=None)
     else:
         # Autocommit for this one statement: committed at once, beyond any later rollback.
         conn.set_autocommit(True)
         try:
-            _execute(conn, apply_statement(False), values, prepare=prepare)
+            _execute(conn, apply_statement(False), values, prepare=None)
         finally:
             # The connection may be broken; the error that says so is the one to raise.
             with suppress(Exception):
                 conn.set_autocommit(False)
-    remember(conn, context)
+    state.known = context
+    return context
 
 
 def _execute(
@@ -146,12 +157,14 @@ def _execute(
 
 
 class AuditCursor(Cursor[Row]):
-    """A cursor that sends the current audit context, transaction-local, with each statement.
+    """A cursor whose statements carry the current audit context, with no round trip of its own.
 
-    Installed by :class:`AuditPool` in ``"transaction"`` mode. ``execute`` and
-    ``executemany`` send the context and the statement in one pipeline, in the same
-    transaction (no extra round trip). ``copy`` and ``stream`` cannot be pipelined: they
-    apply first, in the transaction they then run in, and refuse in autocommit mode.
+    When the connection does not carry the current context, ``execute`` runs the statement
+    in a pipeline with the settings in front of it: one network round trip for both.
+    ``executemany`` rides psycopg's own pipeline. ``copy`` and ``stream`` cannot be
+    pipelined: the settings go first, with the ``BEGIN`` when one is due. Works on an
+    instrumented connection (:func:`instrument_connection`, or a pool's checkout);
+    elsewhere it is a plain cursor.
     """
 
     def execute(  # type: ignore[override]  # no t-string overload: Python 3.14 only
@@ -163,26 +176,22 @@ class AuditCursor(Cursor[Row]):
         binary: bool | None = None,
     ) -> AuditCursor[Row]:
         conn = self._conn
-        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            _queue_local(conn)
-            super().execute(query, params, prepare=prepare, binary=binary)
+        if conn.pgconn.pipeline_status == _PIPELINE_OFF and must_send(conn):
+            with conn.pipeline():
+                super().execute(query, params, prepare=prepare, binary=binary)
+            confirm(conn)
             return self
-        with conn.pipeline():
-            _queue_local(conn)
-            super().execute(query, params, prepare=prepare, binary=binary)
+        super().execute(query, params, prepare=prepare, binary=binary)
         return self
 
     def executemany(
         self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
     ) -> None:
         conn = self._conn
-        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
-            _queue_local(conn)
-            super().executemany(query, params_seq, returning=returning)
-            return
-        with conn.pipeline():
-            _queue_local(conn)
-            super().executemany(query, params_seq, returning=returning)
+        own_pipeline = conn.pgconn.pipeline_status == _PIPELINE_OFF
+        super().executemany(query, params_seq, returning=returning)
+        if own_pipeline:
+            confirm(conn)
 
     def stream(
         self,
@@ -192,28 +201,24 @@ class AuditCursor(Cursor[Row]):
         binary: bool | None = None,
         size: int = 1,
     ) -> Iterator[Row]:
-        _apply_alone(self._conn, "stream()")
-        yield from super().stream(query, params, binary=binary, size=size)
+        refuse_unattributed(self._conn, "stream()")
+        try:
+            yield from super().stream(query, params, binary=binary, size=size)
+        finally:
+            streaming(self._conn)
 
     @contextmanager
     def copy(
         self, statement: Query, params: Params | None = None, *, writer: Writer | None = None
     ) -> Iterator[Copy]:
-        _apply_alone(self._conn, "copy()")
+        refuse_unattributed(self._conn, "copy()")
         with super().copy(statement, params, writer=writer) as copy:
             yield copy
 
 
-def _queue_local(conn: Connection[Any]) -> None:
-    # In pipeline mode this only queues: it travels with the statement that follows.
-    # Not prepared: a transaction pooler may run the next one on another server session.
-    _execute(conn, apply_statement(True), setting_values(current()), prepare=False)
+class AuditClientCursor(AuditCursor[Row], ClientCursor[Row]):
+    """:class:`AuditCursor` over psycopg's ``ClientCursor`` (client-side binding)."""
 
 
-def _apply_alone(conn: Connection[Any], what: str) -> None:
-    if conn.autocommit and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
-        raise ConfigurationError(
-            f"{what} in transaction context mode needs an open transaction, so that the"
-            " audit context holds for it: run it inside conn.transaction()"
-        )
-    _queue_local(conn)
+register_cursor_class(AuditCursor, ClientCursor, AuditClientCursor)
+
