@@ -1,17 +1,18 @@
 """Attribute every statement of a SQLAlchemy engine: ``instrument_engine(engine)``.
 
 Works for a sync ``Engine`` and an ``AsyncEngine`` on psycopg 3 (``postgresql+psycopg://``),
-including Flask-SQLAlchemy's ``db.engine``. Before each statement the engine's connection is
-made to carry the audit context current in the task or thread that runs it, so a user bound
-after the connection was checked out (``set_user()`` in a FastAPI dependency that loaded the
-user through the same session, Flask-Login's loader) is seen by the next statement. Nothing
-is sent when the context did not change; a changed one costs one round trip. SQLAlchemy's
-own pool needs no setting: what a connection carries is recorded per connection and
-compared on every statement, so nothing of a previous checkout is ever taken for current.
+including Flask-SQLAlchemy's ``db.engine``. Every connection the engine's pool opens is
+instrumented with :func:`audit_mw.pool.instrument_connection`: each statement carries the
+audit context current in the task or thread that runs it, in the same round trip as the
+statement, and only when the connection does not already hold it. So a user bound after the
+connection was checked out (``set_user()`` in a FastAPI dependency that loaded the user
+through the same session, Flask-Login's loader) is carried by the next statement, at no
+extra round trip, and nothing of a previous checkout is ever taken for current: what a
+connection holds is tracked per connection and compared before every statement.
 
-Not covered: statements sent on the raw driver connection
-(``conn.connection.driver_connection.execute(...)``), which bypass SQLAlchemy's events;
-call :func:`audit_mw.pool.apply_context` first for those.
+SQLAlchemy's reset on return is a ROLLBACK, which cannot undo the settings (session-level
+ones are committed before the transaction begins). A connection SQLAlchemy invalidates is
+forgotten; its replacement is a new connection, instrumented when it is opened.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from psycopg import AsyncConnection, Connection
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.util import await_only
 
 from audit_mw.errors import ConfigurationError
-from audit_mw.integrations._apply import ensure_context, ensure_context_async, forget
+from audit_mw.pool import forget_context, instrument_connection
 
 __all__ = ["instrument_engine", "is_instrumented"]
 
@@ -48,10 +48,12 @@ def is_instrumented(engine: Engine | AsyncEngine) -> bool:
 
 
 def instrument_engine(engine: Engine | AsyncEngine) -> None:
-    """Make every statement of ``engine`` run with the current audit context.
+    """Make every statement of ``engine`` carry the current audit context.
 
-    Idempotent. Refuses an engine whose driver is not psycopg 3
-    (:class:`~audit_mw.errors.ConfigurationError`), since the context is applied through it.
+    Idempotent; call it before the engine's first connection (right after
+    ``create_engine``): connections already in its pool are instrumented when next checked
+    out. Refuses an engine whose driver is not psycopg 3
+    (:class:`~audit_mw.errors.ConfigurationError`).
     """
     sync_engine = _sync_engine(engine)
     if sync_engine.dialect.driver != "psycopg":
@@ -61,32 +63,35 @@ def instrument_engine(engine: Engine | AsyncEngine) -> None:
         )
     if getattr(sync_engine, _MARK, False):
         return
-    event.listen(sync_engine, "before_cursor_execute", _before_cursor_execute)
-    # A connection SQLAlchemy invalidates may have lost what it carried (a reconnect is a
-    # new connection object, unknown anyway); forget it so that nothing is assumed.
-    event.listen(sync_engine.pool, "invalidate", _forget_dbapi)
-    event.listen(sync_engine.pool, "soft_invalidate", _forget_dbapi)
+    pool = sync_engine.pool
+    event.listen(pool, "connect", _instrument)
+    # Idempotent and without I/O: also covers connections opened before this call.
+    event.listen(pool, "checkout", _instrument_on_checkout)
+    event.listen(pool, "invalidate", _forget)
+    event.listen(pool, "soft_invalidate", _forget)
     setattr(sync_engine, _MARK, True)
 
 
-def _before_cursor_execute(
-    conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
-) -> None:
-    driver = conn.connection.driver_connection
-    if isinstance(driver, AsyncConnection):
-        # Event handlers of an AsyncEngine run in SQLAlchemy's greenlet, where await_only
-        # hands the coroutine to the event loop.
-        await_only(ensure_context_async(driver))
-    elif isinstance(driver, Connection):
-        ensure_context(driver)
-    else:
+def _driver(dbapi_connection: Any) -> Connection[Any] | AsyncConnection[Any]:
+    # An AsyncEngine's DBAPI connection is SQLAlchemy's adapter around psycopg's.
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    if not isinstance(driver, Connection | AsyncConnection):
         raise ConfigurationError(
-            f"audit_mw cannot apply the audit context through {type(driver).__name__};"
+            f"audit_mw cannot carry the audit context through {type(driver).__name__};"
             " use the psycopg 3 driver"
         )
+    return driver
 
 
-def _forget_dbapi(dbapi_connection: Any, connection_record: Any, exception: Any) -> None:
-    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    if isinstance(driver, AsyncConnection | Connection):
-        forget(driver)
+def _instrument(dbapi_connection: Any, connection_record: Any) -> None:
+    instrument_connection(_driver(dbapi_connection))
+
+
+def _instrument_on_checkout(dbapi_connection: Any, connection_record: Any,
+                            connection_proxy: Any) -> None:
+    instrument_connection(_driver(dbapi_connection))
+
+
+def _forget(dbapi_connection: Any, connection_record: Any, exception: Any) -> None:
+    if dbapi_connection is not None:
+        forget_context(_driver(dbapi_connection))

@@ -1,4 +1,11 @@
-"""What the app installs: the execute wrapper and the auth-signal receivers."""
+"""What the app installs: instrumented connections, the execute wrapper, the auth receivers.
+
+Each connection Django opens (persistent, or checked out of its psycopg pool) is instrumented
+with :func:`audit_mw.pool.instrument_connection` once Django has set its cursor factory: every
+statement then carries the current audit context, in the same round trip, only when it
+changed. The execute wrapper does no I/O: it resolves the request's user (``request.user``,
+read lazily by the middleware) before the request's first statement.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +21,16 @@ from psycopg_pool import ConnectionPool
 from audit_mw.context import set_user
 from audit_mw.errors import ConfigurationError
 from audit_mw.events import log_auth_event
-from audit_mw.integrations._apply import ensure_context, pending_user
+from audit_mw.integrations._apply import pending_user, resolve_pending_user
+from audit_mw.pool import instrument_connection
 from audit_mw.integrations.django.settings import audit_settings
 from audit_mw.web._request import ANONYMOUS
 
 __all__ = ["close_events_pool", "events_pool", "install_wrapper"]
 
 
-def _carry_context(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
-    connection = context["connection"].connection
-    if isinstance(connection, Connection):
-        ensure_context(connection)
+def _resolve_user(execute: Any, sql: Any, params: Any, many: bool, context: Any) -> Any:
+    resolve_pending_user()
     return execute(sql, params, many, context)
 
 
@@ -32,10 +38,18 @@ def install_wrapper(sender: Any, connection: BaseDatabaseWrapper, **_: Any) -> N
     """``connection_created`` receiver: every statement of ``connection`` carries the context."""
     if connection.vendor != "postgresql":
         return
+    driver = connection.connection
+    if not isinstance(driver, Connection):
+        raise ConfigurationError(
+            "audit_mw's Django integration needs the psycopg 3 driver, not"
+            f" {type(driver).__module__}")
+    # After Django's get_new_connection(), which sets the cursor factory: the audit one is
+    # derived from it (server-side binding or not).
+    instrument_connection(driver)
     wrappers = connection.execute_wrappers
-    if _carry_context not in wrappers:
+    if _resolve_user not in wrappers:
         # First, so that connection.execute_wrapper() blocks of the app pop their own.
-        wrappers.insert(0, _carry_context)
+        wrappers.insert(0, _resolve_user)
 
 
 _lock = threading.Lock()

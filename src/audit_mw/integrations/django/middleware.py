@@ -15,7 +15,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
 from audit_mw.context import AuditContext, bind, reset
-from audit_mw.integrations._apply import _PENDING, PendingUser
+from audit_mw.integrations._apply import defer_user, undefer_user
 from audit_mw.integrations.django.settings import audit_settings
 from audit_mw.web._request import bind_log_context, build_context, reset_log_context
 
@@ -69,7 +69,7 @@ class AuditMiddleware:
                ) -> tuple[Token[Any], Token[Any], Mapping[str, Token[Any]] | None, str]:
         context = self._context(request)
         token = bind(context)
-        pending = _PENDING.set(PendingUser(lambda: _user_id(request)))
+        pending = defer_user(lambda: _user_id(request))
         log_tokens = bind_log_context(context) if self.settings.options.bind_structlog else None
         return token, pending, log_tokens, str(context.request_id)
 
@@ -78,7 +78,7 @@ class AuditMiddleware:
         token, pending, log_tokens, request_id = tokens
         if log_tokens is not None:
             reset_log_context(log_tokens)
-        _PENDING.reset(pending)
+        undefer_user(pending)
         reset(token)
         options = self.settings.options
         if response is not None and options.echo_request_id and not response.has_header(
