@@ -26,12 +26,12 @@ WORKERS = 10
 def main(mode: str) -> None:
     faulthandler.register(signal.SIGUSR1)  # a stack dump of a hung server, on demand
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "audit_mw_examples.django_app.settings")
-    import django
-    from django.core.management import call_command
+    import django  # noqa: PLC0415 - after settings
+    from django.core.management import call_command  # noqa: PLC0415 - after settings
 
     django.setup()
     call_command("migrate", verbosity=0)
-    from django.db import connections
+    from django.db import connections  # noqa: PLC0415 - after settings
 
     connections.close_all()
     if mode == "wsgi":
@@ -49,8 +49,8 @@ def _announce(port: int) -> None:
 
 
 def _serve_wsgi() -> None:
-    from audit_mw_examples.django_app.wsgi import application
-    from werkzeug.serving import BaseWSGIServer
+    from audit_mw_examples.django_app.wsgi import application  # noqa: PLC0415 - after settings
+    from werkzeug.serving import BaseWSGIServer  # noqa: PLC0415 - after settings
 
     class PooledServer(BaseWSGIServer):
         """One request per connection (HTTP/1.0), handled by a fixed pool of threads."""
@@ -78,8 +78,8 @@ def _serve_wsgi() -> None:
 
 
 def _serve_asgi() -> None:
-    import uvicorn
-    from audit_mw_examples.django_app.asgi import application
+    import uvicorn  # noqa: PLC0415 - after settings
+    from audit_mw_examples.django_app.asgi import application  # noqa: PLC0415 - after settings
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

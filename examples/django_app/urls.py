@@ -1,8 +1,7 @@
 """URLs of the Django example: sync and async variants of login and update."""
 
-from django.urls import path
-
 from audit_mw_examples.django_app.orders import views
+from django.urls import path
 
 urlpatterns = [
     path("login", views.login_view),

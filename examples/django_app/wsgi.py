@@ -4,8 +4,8 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "audit_mw_examples.django_app.settings")
 
-from django.conf import settings  # noqa: E402 - after the settings module is chosen
-from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.conf import settings
+from django.core.wsgi import get_wsgi_application
 
 application = get_wsgi_application()
 if not settings.AUDIT:

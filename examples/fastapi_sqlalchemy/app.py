@@ -32,10 +32,10 @@ from sqlalchemy import URL, ForeignKey, String, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from audit_mw.web.asgi import AuditMiddleware
 from audit_mw.context import set_user
 from audit_mw.events import alog_auth_event
 from audit_mw.integrations.sqlalchemy import instrument_engine
+from audit_mw.web.asgi import AuditMiddleware
 
 SCHEMA = """
 CREATE TABLE app_users (

@@ -2,13 +2,12 @@
 
 import json
 
+from audit_mw_examples.django_app.orders.models import LoginAttempt, Order
 from django.contrib.auth import aauthenticate, alogin, authenticate, login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
-
-from audit_mw_examples.django_app.orders.models import LoginAttempt, Order
 
 
 @csrf_exempt

@@ -65,8 +65,7 @@ def init_audit(
         set_user(_user_id(g._login_user))
 
     # The one place every way of setting the user goes through (loader, login, logout).
-    login_manager._update_request_context_with_user = (  # type: ignore[method-assign]
-        update_request_context_with_user)
+    login_manager._update_request_context_with_user = update_request_context_with_user
     app.extensions[_EXTENSION] = events
     if load_user == "before_request":
         app.before_request(_load_user)

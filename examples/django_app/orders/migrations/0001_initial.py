@@ -1,10 +1,12 @@
+"""The orders app's tables."""
+
 from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
     initial = True
-    dependencies: list[tuple[str, str]] = []
-    operations = [
+    dependencies: tuple[tuple[str, str], ...] = ()
+    operations = (
         migrations.CreateModel(
             name="Order",
             fields=[
@@ -21,4 +23,4 @@ class Migration(migrations.Migration):
                 ("username", models.TextField()),
             ],
         ),
-    ]
+    )

@@ -10,6 +10,7 @@ read lazily by the middleware) before the request's first statement.
 from __future__ import annotations
 
 import threading
+from contextlib import suppress
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -22,8 +23,8 @@ from audit_mw.context import set_user
 from audit_mw.errors import ConfigurationError
 from audit_mw.events import log_auth_event
 from audit_mw.integrations._apply import pending_user, resolve_pending_user
-from audit_mw.pool import instrument_connection
 from audit_mw.integrations.django.settings import audit_settings
+from audit_mw.pool import instrument_connection
 from audit_mw.web._request import ANONYMOUS
 
 __all__ = ["close_events_pool", "events_pool", "install_wrapper"]
@@ -77,7 +78,7 @@ def events_pool() -> ConnectionPool[Any]:
 
 def close_events_pool() -> None:
     """Close the auth events' pool (tests, shutdown); the next event opens a new one."""
-    global _pool  # noqa: PLW0603
+    global _pool
     with _lock:
         pool, _pool = _pool, None
     if pool is not None:
@@ -88,10 +89,9 @@ def _bind(user_id: str) -> None:
     pending = pending_user()
     if pending is not None:
         pending.cancel()
-    try:
+    # Without a request context (a shell, a command) there is nothing to attribute.
+    with suppress(ConfigurationError):
         set_user(user_id)
-    except ConfigurationError:
-        pass  # no request context bound (a shell, a command): nothing to attribute
 
 
 def logged_in(sender: Any, request: Any, user: Any, **_: Any) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db import connections
+from django.db.backends.signals import connection_created
+
+from audit_mw.integrations.django.settings import audit_settings
 
 
 class AuditMwConfig(AppConfig):
@@ -14,16 +19,8 @@ class AuditMwConfig(AppConfig):
 
     def ready(self) -> None:
         """Connect the receivers (see :mod:`audit_mw.integrations.django._hooks`)."""
-        from django.contrib.auth.signals import (
-            user_logged_in,
-            user_logged_out,
-            user_login_failed,
-        )
-        from django.db import connections
-        from django.db.backends.signals import connection_created
-
-        from audit_mw.integrations.django import _hooks
-        from audit_mw.integrations.django.settings import audit_settings
+        # Imported here: the auth models are not ready when Django imports this module.
+        from audit_mw.integrations.django import _hooks  # noqa: PLC0415
 
         audit_settings()  # a bad AUDIT_MW fails at start, not at the first request
         connection_created.connect(_hooks.install_wrapper,
