@@ -3,7 +3,7 @@
 .. code-block:: python
 
     from alembic import op
-    from audit_mw.integrations import alembic as audit_op
+    import audit_mw.integrations.alembic as audit_op
 
     def upgrade() -> None:
         op.create_table("invoices", ...)
