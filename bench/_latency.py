@@ -40,6 +40,8 @@ class LatencyProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped = asyncio.Event()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
 
     @property
@@ -66,11 +68,6 @@ class LatencyProxy:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._serve())
-        # Connections still open (a client not closed yet): cut them.
-        pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.close()
 
     async def _serve(self) -> None:
@@ -79,15 +76,25 @@ class LatencyProxy:
         self._ready.set()
         async with server:
             await self._stopped.wait()
+        # Connections still open (a client not closed yet): cut them, let the pumps end.
+        for writer in self._writers:
+            writer.close()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
 
     async def _handle(
         self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
     ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
         except OSError:
             client_writer.close()
             return
+        self._writers |= {client_writer, server_writer}
         last = ["server"]  # who sent last on this connection
 
         def client_sent() -> None:
@@ -99,10 +106,13 @@ class LatencyProxy:
         def server_sent() -> None:
             last[0] = "server"
 
-        await asyncio.gather(
-            self._pump(client_reader, server_writer, client_sent),
-            self._pump(server_reader, client_writer, server_sent),
-        )
+        try:
+            await asyncio.gather(
+                self._pump(client_reader, server_writer, client_sent),
+                self._pump(server_reader, client_writer, server_sent),
+            )
+        finally:
+            self._writers -= {client_writer, server_writer}
 
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Any
@@ -126,7 +136,7 @@ class LatencyProxy:
                 seen()
                 queue.put_nowait((time.monotonic() + self.delay, data))
         except OSError:
-            pass
+            pass  # the other side went away: the connection ends
         finally:
             queue.put_nowait((0.0, b""))
             with suppress(OSError, asyncio.CancelledError):

@@ -30,7 +30,7 @@ from typing import Any
 from bench._server import SETTINGS, machine, postgres_version
 
 #: Every part, in the order they run and appear in the table.
-PARTS = ("capture", "middleware", "pool", "integrity", "admin")
+PARTS = ("capture", "middleware", "pool", "pool_latency", "integrity", "admin")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"

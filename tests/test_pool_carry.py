@@ -26,6 +26,7 @@ from tests._pool import (
     create_notes,
     note_events,
     read_settings,
+    read_settings_async,
 )
 
 pytestmark = pytest.mark.db
@@ -252,3 +253,41 @@ def test_an_isolation_level_is_kept_when_begin_rides_with_the_settings(
             row = conn.execute("SELECT current_setting('transaction_isolation'),"
                                " current_setting('transaction_read_only')").fetchone()
         assert row == ("serializable", "on")
+
+
+def test_a_cancelled_or_broken_first_statement_leaves_no_context_for_the_next_borrower(
+    app_dsn: str, notes: Conn
+) -> None:
+    async def main() -> list[dict[str, str]]:
+        seen = []
+        async with AsyncAuditPool(app_dsn, min_size=1, max_size=1, open=False) as pool:
+            async def slow(user: str) -> None:
+                # The settings travel with this very statement, which never finishes.
+                async with audit_context(user_id=user), pool.connection() as c:
+                    await c.execute("SELECT pg_sleep(5)")
+
+            for user in ("alice", "bob"):
+                task = asyncio.create_task(slow(user))
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                async with pool.connection(timeout=10) as c:
+                    seen.append(await read_settings_async(c))
+                    await c.execute(INSERT, ["nobody", None])
+
+            async def broken() -> None:
+                async with audit_context(user_id="carol"), pool.connection() as c:
+                    await c.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+            with pytest.raises(psycopg.OperationalError):
+                await broken()
+            async with pool.connection(timeout=10) as c:
+                seen.append(await read_settings_async(c))
+                await c.execute(INSERT, ["nobody", None])
+            async with audit_context(user_id="dave"), pool.connection() as c:
+                await c.execute(INSERT, ["dave", None])
+        return seen
+
+    assert asyncio.run(main()) == [EMPTY_SETTINGS] * 3
+    assert attribution(notes) == [("nobody", None)] * 3 + [("dave", "dave")]

@@ -2,8 +2,9 @@
 
 This module owns the one ``ContextVar`` of the package and nothing else: no I/O, no
 framework imports. The middlewares bind a context per request, jobs bind one with
-:func:`audit_context`, and the audit-aware pool reads :func:`current` on every checkout and
-applies :meth:`AuditContext.settings` to the connection, where the triggers read them.
+:func:`audit_context`, and the audit-aware pools read :func:`current` before every statement
+and send :meth:`AuditContext.settings` with it when they changed, where the triggers read
+them.
 
 How ``set_user`` reaches everyone in the request
 ------------------------------------------------
@@ -12,7 +13,7 @@ The ``ContextVar`` does not hold the :class:`AuditContext` itself but a small mu
 that holds it. Every copy of a ``contextvars.Context`` made during the request (the
 endpoint's task, ``asyncio.create_task``, Starlette's ``run_in_threadpool``, asgiref's
 ``sync_to_async``) shares that one cell, so :func:`set_user` replaces the context *in the
-cell* and the change is seen by the middleware, by the pool on later checkouts and by every
+cell* and the change is seen by the middleware, by the pool's next statement and by every
 other piece of code in the same request, whichever task or thread made the call. A plain
 ``ContextVar.set`` in the endpoint would be lost when the copy is discarded.
 
@@ -146,7 +147,7 @@ class AuditContext:
     request_id: str | None = None
     user_agent: str | None = None
     extra: Mapping[str, str] = field(default_factory=_no_extra, hash=False)
-    # Filled on the first settings() call; the pool calls it on every checkout.
+    # Filled on the first settings() call; the pools call it whenever they send a context.
     _settings: dict[str, str] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
@@ -318,10 +319,9 @@ def set_user(user_id: str | None) -> AuditContext:
     """Set the acting user for the rest of the current request or block; return the context.
 
     Meant for login handlers: the new user is seen by everything that runs later in the
-    same request, including the middleware and the pool's later checkouts, whether the
-    call is made from an async endpoint or from a sync one run in a thread pool. It does
-    not change what is already applied to a connection that is checked out now; check out
-    again (or start the next transaction on a fresh checkout) to attribute later writes.
+    same request, including the middleware and the next statement on a connection checked
+    out from an audit pool (or instrumented), whether the call is made from an async
+    endpoint or from a sync one run in a thread pool.
 
     It changes the innermost bound context only (see the module docstring) and raises
     :class:`~audit_mw.errors.ConfigurationError` when no context is bound at all.

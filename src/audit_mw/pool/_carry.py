@@ -49,6 +49,7 @@ from collections.abc import Generator
 from contextlib import suppress
 from typing import Any, Final
 
+import psycopg
 from psycopg import BaseConnection, errors, pq
 from psycopg.generators import execute, fetch_many, send
 from psycopg.pq.abc import PGconn
@@ -321,6 +322,12 @@ def _run_one_by_one(
 
 def install_hook(conn: BaseConnection[Any], mode: ContextMode) -> State:
     """Give ``conn`` its context-carrying ``_start_query``; return its state."""
+    if not callable(getattr(type(conn), "_start_query", None)):
+        # Deny by default: without this step statements would run unattributed.
+        raise ConfigurationError(
+            f"psycopg {psycopg.__version__} has no statement-start step the audit context"
+            " can ride with; use a psycopg version audit_mw supports (3.2 or 3.3)"
+        )
     state = state_of(conn)
     state.mode = check_mode(mode)
     hook = conn.__dict__.get("_start_query")

@@ -1,0 +1,36 @@
+"""The round-trip benchmark runs and reports every variant (structure only, no speed assertion)."""
+
+from __future__ import annotations
+
+import pytest
+from bench import pool_latency
+
+pytestmark = pytest.mark.db
+
+
+def test_quick_run_reports_every_variant_with_its_baseline_and_targets(dsn: str) -> None:
+    results = pool_latency.run(quick=True, dsn=dsn)
+    assert [row["name"] for row in results] == list(pool_latency.VARIANTS)
+    by_name = {row["name"]: row for row in results}
+    for row in results:
+        assert row["metric"] == "ms_per_request"
+        assert row["unit"] == "ms"
+        assert row["value"] > 0
+        assert row["baseline"] in by_name
+        assert row["ratio"] == pytest.approx(row["value"] / by_name[row["baseline"]]["value"])
+        assert row["throughput"] == pytest.approx(1 / row["ratio"])
+        assert row["rounds"] == 2
+        assert row["requests"] > 0
+        assert row["name"].split(" / ")[0] == row["baseline"].split(" / ")[0]
+    targets = {row["name"] for row in results if "target" in row}
+    assert targets == {
+        "proxy / AuditPool, new context", "proxy / AsyncAuditPool, new context",
+        "direct / AuditPool, new context", "direct / AsyncAuditPool, new context",
+    }
+    assert all(isinstance(by_name[name]["target_met"], bool) for name in targets)
+    # The proxy counts round trips: three for a plain request (BEGIN, UPDATE, COMMIT),
+    # one fewer with a new context (the settings ride with BEGIN and the UPDATE).
+    assert by_name["proxy / plain pool, audited table"]["round_trips"] == 3
+    assert by_name["proxy / AuditPool, new context"]["round_trips"] == 2
+    assert by_name["proxy / AsyncAuditPool, new context"]["round_trips"] == 2
+    assert "round_trips" not in by_name["direct / AuditPool, new context"]
