@@ -105,9 +105,9 @@ def _load(dsn: str, app_dsn: str, mode: str, *, pool: bool, audit: bool = True,
                         rounds=rounds)
 
 
-def _check(outcome: Outcome, dsn: str) -> None:
+def _check(outcome: Outcome, dsn: str, requests: int = 750) -> None:
     assert outcome.failed_requests == 0
-    assert (outcome.requests, outcome.rows, outcome.missing) == (750, 750, 0)
+    assert (outcome.requests, outcome.rows, outcome.missing) == (requests, requests, 0)
     assert (outcome.wrong_users, outcome.wrong_ips) == (0, 0), outcome.samples[:5]
     with psycopg.connect(dsn) as conn:
         logins = conn.execute("SELECT count(*) FROM audit.events WHERE kind = 'auth'"
@@ -121,6 +121,16 @@ def test_wsgi_persistent_connections(dsn: str, app_dsn: str) -> None:
 
 def test_asgi_with_djangos_pool(dsn: str, app_dsn: str) -> None:
     _check(_load(dsn, app_dsn, "asgi", pool=True, asynchronous=True), dsn)
+
+
+def test_asgi_sync_views(dsn: str, app_dsn: str) -> None:
+    # One round: sync views run in Django's one thread for sync code under ASGI.
+    _check(_load(dsn, app_dsn, "asgi", pool=True, rounds=1), dsn, requests=250)
+
+
+def test_wsgi_async_views(dsn: str, app_dsn: str) -> None:
+    _check(_load(dsn, app_dsn, "wsgi", pool=False, rounds=1, asynchronous=True), dsn,
+           requests=250)
 
 
 def test_wsgi_negative_control(dsn: str, app_dsn: str) -> None:
