@@ -42,6 +42,8 @@ class Outcome:
     wrong_users: int = 0
     wrong_ips: int = 0
     missing: int = 0
+    #: Rows of the table with no app user and no client IP at all.
+    unattributed: int = 0
     samples: list[tuple[str, Any, Any]] = field(default_factory=list)
 
 
@@ -133,6 +135,10 @@ def run_load(base_url: str, dsn: str, table: str, login: Login, write: Write, *,
             "SELECT count(*) FROM audit.events WHERE kind = 'data' AND table_name = %s"
             " AND (request_id IS NULL OR NOT request_id = ANY(%s))",
             [table, list(expected)]).fetchone()
+        unattributed = conn.execute(
+            "SELECT count(*) FROM audit.events WHERE kind = 'data' AND table_name = %s"
+            " AND app_user_id IS NULL AND client_ip IS NULL", [table]).fetchone()
+    outcome.unattributed = int(unattributed[0]) if unattributed else 0
     seen = set()
     for request_id, user, ip in rows:
         seen.add(request_id)

@@ -137,16 +137,16 @@ def test_wsgi_negative_control(dsn: str, app_dsn: str) -> None:
     outcome = _load(dsn, app_dsn, "wsgi", pool=False, audit=False, rounds=1)
     assert outcome.failed_requests == 0
     # WSGIAuditMiddleware alone: Django's connections never carry the context.
-    assert outcome.wrong_users >= 200
-    assert outcome.wrong_ips >= 200
+    assert outcome.wrong_users == outcome.rows == outcome.unattributed == 250
+    assert outcome.wrong_ips == 250
 
 
 def test_asgi_negative_control(dsn: str, app_dsn: str) -> None:
     outcome = _load(dsn, app_dsn, "asgi", pool=True, audit=False, rounds=1,
                     asynchronous=True)
     assert outcome.failed_requests == 0
-    assert outcome.wrong_users >= 200
-    assert outcome.wrong_ips >= 200
+    assert outcome.wrong_users == outcome.rows == outcome.unattributed == 250
+    assert outcome.wrong_ips == 250
 
 
 @pytest.mark.parametrize(("mode", "pool", "path"),

@@ -73,8 +73,8 @@ def test_negative_control_without_the_integration(dsn: str, app_dsn: str) -> Non
     outcome = _load(dsn, app_dsn, audit=False, rounds=1)
     assert outcome.failed_requests == 0
     # AuditMiddleware and set_user alone do not reach SQLAlchemy's connections.
-    assert outcome.wrong_users >= 200
-    assert outcome.wrong_ips >= 200
+    assert outcome.wrong_users == outcome.rows == outcome.unattributed == 250
+    assert outcome.wrong_ips == 250
 
 
 def test_failed_login_survives_the_rollback(dsn: str, app_dsn: str) -> None:
