@@ -9,17 +9,19 @@ It also counts *turns* per connection: a turn starts when the client sends after
 server has sent (or first). With a delay far above the client's own work, that is the
 number of times the client sent something and waited for an answer: its round trips.
 
-Listens on 127.0.0.1 only; runs its own asyncio loop in a daemon thread.
+Listens on 127.0.0.1 only. Plain threads and blocking sockets (two per direction of each
+connection): ``time.sleep`` keeps the delay within a fraction of a millisecond, where an
+event loop's timers round up to whole milliseconds.
 """
 
 from __future__ import annotations
 
-import asyncio
+import queue
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
 
 import psycopg
 
@@ -34,15 +36,14 @@ class LatencyProxy:
     def __init__(self, target_host: str, target_port: int, delay: float) -> None:
         self.target = (target_host, target_port)
         self.delay = delay
-        self.port = 0
         self._turns = 0
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stopped = asyncio.Event()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
-        self._thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)  # to notice stop()
+        self.port: int = self._listener.getsockname()[1]
+        self._stopping = False
 
     @property
     def turns(self) -> int:
@@ -57,91 +58,87 @@ class LatencyProxy:
         return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in params.items()})
 
     def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the latency proxy did not start")
+        self._spawn(self._accept)
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(10)
+        self._stopping = True
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5)
+        for sock in [self._listener, *sockets]:
+            sock.close()
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-        self._loop.close()
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name="latency-proxy")
+        self._threads.append(thread)
+        thread.start()
 
-    async def _serve(self) -> None:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        async with server:
-            await self._stopped.wait()
-        # Connections still open (a client not closed yet): cut them, let the pumps end.
-        for writer in self._writers:
-            writer.close()
-        if self._handlers:
-            await asyncio.wait(self._handlers, timeout=5)
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._sockets |= {client, server}
+            last = ["server"]  # who sent last on this connection
 
-    async def _handle(
-        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
-        try:
-            server_reader, server_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            client_writer.close()
-            return
-        self._writers |= {client_writer, server_writer}
-        last = ["server"]  # who sent last on this connection
-
-        def client_sent() -> None:
-            if last[0] == "server":
+            def client_sent(last: list[str] = last) -> None:
                 with self._lock:
-                    self._turns += 1
-            last[0] = "client"
+                    if last[0] == "server":
+                        self._turns += 1
+                    last[0] = "client"
 
-        def server_sent() -> None:
-            last[0] = "server"
+            def server_sent(last: list[str] = last) -> None:
+                with self._lock:
+                    last[0] = "server"
 
-        try:
-            await asyncio.gather(
-                self._pump(client_reader, server_writer, client_sent),
-                self._pump(server_reader, client_writer, server_sent),
-            )
-        finally:
-            self._writers -= {client_writer, server_writer}
+            self._pipe(client, server, client_sent)
+            self._pipe(server, client, server_sent)
 
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Any
-    ) -> None:
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    def _pipe(self, source: socket.socket, sink: socket.socket, seen: Callable[[], None]) -> None:
+        chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
 
-        async def deliver() -> None:
-            while True:
-                due, data = await queue.get()
-                if not data:
-                    break
-                wait = due - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                writer.write(data)
-                await writer.drain()
+        def read() -> None:
+            try:
+                while data := source.recv(_CHUNK):
+                    seen()
+                    chunks.put((time.monotonic() + self.delay, data))
+            except OSError:
+                pass  # the other side went away: the connection ends
+            chunks.put((0.0, b""))
 
-        delivering = asyncio.create_task(deliver())
-        try:
-            while data := await reader.read(_CHUNK):
-                seen()
-                queue.put_nowait((time.monotonic() + self.delay, data))
-        except OSError:
-            pass  # the other side went away: the connection ends
-        finally:
-            queue.put_nowait((0.0, b""))
-            with suppress(OSError, asyncio.CancelledError):
-                await delivering
-            writer.close()
+        def write() -> None:
+            try:
+                while True:
+                    due, data = chunks.get()
+                    if not data:
+                        break
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    sink.sendall(data)
+            except OSError:
+                pass
+            with suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+        self._spawn(read)
+        self._spawn(write)
 
 
 @contextmanager

@@ -4,7 +4,9 @@ One client, one pooled connection, a real server (``--dsn``, else ``DATABASE_URL
 embedded PostgreSQL started for the run). Every figure is a ratio against a plain
 ``psycopg_pool.ConnectionPool`` measured in the same run: variants are interleaved within
 each round (who goes first rotates) and the median over rounds is reported. Round trips are
-counted from the libpq protocol trace (ReadyForQuery messages) of one operation.
+counted from the libpq protocol trace of one operation: each run of messages the client
+sends before it reads the server's answers is one (a pipeline sends the context, BEGIN and
+the statement in one run). ``bench/pool_latency.py`` counts them on the wire instead.
 
 Operations:
 
@@ -134,7 +136,7 @@ def _time(op: Op, contexts: list[AuditContext] | None, iterations: int) -> float
 
 
 def _round_trips(pool: ConnectionPool[Any], op: Op, context: AuditContext | None) -> int:
-    """ReadyForQuery messages during one operation on the pool's only connection."""
+    """Client turns (send, then read) during one operation on the pool's only connection."""
     (conn,) = pool._pool  # the idle connection, to trace it
     with tempfile.TemporaryFile("w+") as trace:
         conn.pgconn.trace(trace.fileno())
@@ -149,7 +151,11 @@ def _round_trips(pool: ConnectionPool[Any], op: Op, context: AuditContext | None
         trace.flush()
         os.fsync(trace.fileno())
         trace.seek(0)
-        return sum(1 for line in trace if line.startswith("B") and "\tReadyForQuery" in line)
+        lines = trace.read().splitlines()
+    return sum(
+        1 for before, line in zip(["B", *lines], lines, strict=False)
+        if line.startswith("F") and before.startswith("B")
+    )
 
 
 def run(quick: bool = False, *, dsn: str | None = None) -> list[dict[str, Any]]:

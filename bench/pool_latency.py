@@ -17,8 +17,8 @@ Two settings, in one run:
 
 Variants are interleaved within each round (who goes first rotates); medians over rounds.
 
-    PYTHONPATH=src:. python bench/pool_latency.py           # full run
-    PYTHONPATH=src:. python bench/pool_latency.py --quick   # smoke run
+    PYTHONPATH=src python bench/pool_latency.py           # full run
+    PYTHONPATH=src python bench/pool_latency.py --quick   # smoke run
 """
 
 from __future__ import annotations

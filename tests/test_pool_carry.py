@@ -291,3 +291,60 @@ def test_a_cancelled_or_broken_first_statement_leaves_no_context_for_the_next_bo
 
     assert asyncio.run(main()) == [EMPTY_SETTINGS] * 3
     assert attribution(notes) == [("nobody", None)] * 3 + [("dave", "dave")]
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_inside_the_applications_own_pipeline(
+    app_dsn: str, notes: Conn, autocommit: bool
+) -> None:
+    with psycopg.connect(app_dsn, autocommit=autocommit) as conn:
+        instrument_connection(conn)
+        with audit_context(user_id="alice"):
+            with conn.pipeline():
+                conn.execute(INSERT, ["alice", None])
+                with audit_context(user_id="bob"):
+                    conn.execute(INSERT, ["bob", None])
+                    conn.cursor().executemany(INSERT, [["bob", None]] * 2)
+                conn.execute(INSERT, ["alice", None])
+            conn.execute(INSERT, ["alice", None])
+            conn.commit()
+        with audit_context(user_id="carol"), conn.pipeline():
+            conn.execute(INSERT, ["carol", None])
+        conn.commit()
+        assert read_settings(conn) == EMPTY_SETTINGS
+    assert attribution(notes) == [
+        ("alice", "alice"), ("bob", "bob"), ("bob", "bob"), ("bob", "bob"),
+        ("alice", "alice"), ("alice", "alice"), ("carol", "carol"),
+    ]
+
+
+def test_a_reset_callback_makes_the_pool_forget_what_the_connection_holds(
+    app_dsn: str, notes: Conn
+) -> None:
+    def reset(conn: Conn) -> None:
+        conn.execute("RESET ALL")
+        conn.commit()
+
+    alice = AuditContext(user_id="alice", request_id="req-1")
+    with AuditPool(app_dsn, min_size=1, max_size=1, reset=reset) as pool:
+        for _ in range(2):  # the same context twice: the second one must be sent again
+            with audit_context(alice), pool.connection() as conn:
+                conn.execute(INSERT, ["alice", None])
+    assert attribution(notes) == [("alice", "alice")] * 2
+
+
+def test_transaction_mode_covers_server_side_cursors_and_leaves_nothing_in_the_session(
+    app_dsn: str, notes: Conn
+) -> None:
+    pool = AuditPool(app_dsn, min_size=1, max_size=1, context_mode="transaction")
+    with pool, audit_context(user_id="alice"), pool.connection() as conn:
+        with conn.cursor("named") as named:
+            named.execute("SELECT current_setting('audit.user_id')")
+            assert named.fetchone() == ("alice",)
+        conn.commit()
+        with audit_context(user_id="bob"):
+            psycopg.Cursor(conn).execute(INSERT, ["bob", None])
+            conn.commit()
+        conn.autocommit = True
+        assert read_settings(conn) == EMPTY_SETTINGS  # nothing at session level
+    assert attribution(notes) == [("bob", "bob")]

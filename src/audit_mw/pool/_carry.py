@@ -47,7 +47,7 @@ import functools
 import weakref
 from collections.abc import Generator
 from contextlib import suppress
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg import BaseConnection, errors, pq
@@ -58,9 +58,13 @@ from audit_mw.context import AuditContext, current
 from audit_mw.errors import ConfigurationError
 from audit_mw.pool._base import ContextMode, apply_statement, check_mode, setting_values
 
+if TYPE_CHECKING:
+    from psycopg._pipeline_base import BasePipeline
+
 __all__ = [
     "State",
     "confirm",
+    "expect",
     "forget_context",
     "install_hook",
     "must_send",
@@ -160,8 +164,19 @@ def must_send(conn: BaseConnection[Any]) -> bool:
     return _plan(state, conn, current(), True) != _NOTHING
 
 
+def expect(conn: BaseConnection[Any]) -> None:
+    """A pipeline of the package's own begins: only what it carries may be confirmed.
+
+    (A session-level apply queued in the application's own pipeline, which may have been
+    aborted before it ran, is never confirmed.)
+    """
+    state = _states.get(conn)
+    if state is not None:
+        state.pending = None
+
+
 def confirm(conn: BaseConnection[Any]) -> None:
-    """A pipeline that held a session-level apply went through: the context is known."""
+    """The pipeline begun after :func:`expect` went through: what it carried is known."""
     state = _states.get(conn)
     if state is not None and state.pending is not None:
         state.known = state.pending
@@ -235,12 +250,7 @@ class _StartQuery:
         begin = not conn.autocommit and pgconn.transaction_status == _IDLE
         commands = _commands(plan, state, context, begin and conn._get_tx_start_command(), encoding)
         if pipeline is not None:
-            # Queued in front of the statement; sent and checked with it.
-            for command in commands:
-                pipeline.command_queue.append(
-                    pgconn.pipeline_sync if command is None
-                    else functools.partial(pgconn.send_query_params, *command))
-                pipeline.result_queue.append(None)
+            _queue(pipeline, pgconn, commands)
         else:
             if streamed:
                 yield from _run_one_by_one(pgconn, commands, encoding)
@@ -252,6 +262,27 @@ class _StartQuery:
             # for whatever later versions add to it.
             yield from original(conn)
 
+
+
+def _queue(pipeline: BasePipeline, pgconn: PGconn, commands: _Commands) -> None:
+    """Put ``commands`` in front of the statement psycopg is about to queue in ``pipeline``.
+
+    Straight into libpq's buffer when nothing else waits to be sent (fewer writes to the
+    socket than psycopg's queue, which flushes after each command), else queued in order;
+    either way their results are checked with the statement's.
+    """
+    direct = not pipeline.command_queue
+    for command in commands:
+        if direct:
+            if command is None:
+                pgconn.pipeline_sync()
+            else:
+                pgconn.send_query_params(*command)
+        else:
+            pipeline.command_queue.append(
+                pgconn.pipeline_sync if command is None
+                else functools.partial(pgconn.send_query_params, *command))
+        pipeline.result_queue.append(None)
 
 
 def _commands(

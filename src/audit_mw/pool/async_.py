@@ -33,6 +33,7 @@ from audit_mw.pool._base import (
 )
 from audit_mw.pool._carry import (
     confirm,
+    expect,
     forget_context,
     install_hook,
     must_send,
@@ -179,6 +180,7 @@ class AsyncAuditCursor(AsyncCursor[Row]):
     ) -> AsyncAuditCursor[Row]:
         conn = self._conn
         if conn.pgconn.pipeline_status == _PIPELINE_OFF and must_send(conn):
+            expect(conn)
             async with conn.pipeline():
                 await super().execute(query, params, prepare=prepare, binary=binary)
             confirm(conn)
@@ -191,6 +193,8 @@ class AsyncAuditCursor(AsyncCursor[Row]):
     ) -> None:
         conn = self._conn
         own_pipeline = conn.pgconn.pipeline_status == _PIPELINE_OFF
+        if own_pipeline:
+            expect(conn)  # psycopg's own pipeline, begun and ended inside executemany()
         await super().executemany(query, params_seq, returning=returning)
         if own_pipeline:
             confirm(conn)

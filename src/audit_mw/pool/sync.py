@@ -31,6 +31,7 @@ from audit_mw.pool._base import (
 )
 from audit_mw.pool._carry import (
     confirm,
+    expect,
     forget_context,
     install_hook,
     must_send,
@@ -177,6 +178,7 @@ class AuditCursor(Cursor[Row]):
     ) -> AuditCursor[Row]:
         conn = self._conn
         if conn.pgconn.pipeline_status == _PIPELINE_OFF and must_send(conn):
+            expect(conn)
             with conn.pipeline():
                 super().execute(query, params, prepare=prepare, binary=binary)
             confirm(conn)
@@ -189,6 +191,8 @@ class AuditCursor(Cursor[Row]):
     ) -> None:
         conn = self._conn
         own_pipeline = conn.pgconn.pipeline_status == _PIPELINE_OFF
+        if own_pipeline:
+            expect(conn)  # psycopg's own pipeline, begun and ended inside executemany()
         super().executemany(query, params_seq, returning=returning)
         if own_pipeline:
             confirm(conn)
