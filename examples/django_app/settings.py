@@ -36,7 +36,7 @@ MIDDLEWARE = [
 if AUDIT:
     INSTALLED_APPS.append("audit_mw.integrations.django")
     # After AuthenticationMiddleware: it reads request.user (lazily).
-    MIDDLEWARE.append("audit_mw.integrations.django.middleware.AuditMiddleware")
+    MIDDLEWARE.append("audit_mw.integrations.django.middleware.DjangoAuditMiddleware")
 
 AUDIT_MW = {
     "TRUSTED_PROXIES": [p for p in os.environ.get("TRUSTED_PROXIES", "").split(",") if p],

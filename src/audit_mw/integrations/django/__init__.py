@@ -6,7 +6,7 @@
     MIDDLEWARE = [
         ...,
         "django.contrib.auth.middleware.AuthenticationMiddleware",
-        "audit_mw.integrations.django.middleware.AuditMiddleware",   # after authentication
+        "audit_mw.integrations.django.middleware.DjangoAuditMiddleware",   # after authentication
         ...,
     ]
     AUDIT_MW = {"TRUSTED_PROXIES": ["10.0.0.0/8"]}   # optional, see settings.py

@@ -19,7 +19,7 @@ from audit_mw.integrations._apply import defer_user, undefer_user
 from audit_mw.integrations.django.settings import audit_settings
 from audit_mw.web._request import bind_log_context, build_context, reset_log_context
 
-__all__ = ["AuditMiddleware"]
+__all__ = ["DjangoAuditMiddleware"]
 
 
 def _user_id(request: HttpRequest) -> str | None:
@@ -29,7 +29,7 @@ def _user_id(request: HttpRequest) -> str | None:
     return str(user.pk)
 
 
-class AuditMiddleware:
+class DjangoAuditMiddleware:
     """Bind the request's audit context; the user is resolved before the first statement.
 
     Configured by ``settings.AUDIT_MW`` (trusted proxies, headers, ...). The client IP
