@@ -45,7 +45,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from audit_mw import _sql
 from audit_mw.admin import admin_app
-from audit_mw.admin.export import ExportKey, ExportStats, stream_export
+from audit_mw.admin.export import ExportKey, ExportStats, astream_export
 from audit_mw.admin.query import (
     CursorCodec,
     filters_digest,
@@ -175,7 +175,7 @@ async def _export_throughput(pool: AsyncConnectionPool[Any], count: int) -> int:
     stats: list[ExportStats] = []
     size = 0
     started = time.perf_counter()
-    async for chunk in stream_export(pool, export, KEY, stats_out=stats):
+    async for chunk in astream_export(pool, export, KEY, stats_out=stats):
         size += len(chunk)
     elapsed = time.perf_counter() - started
     _EXPORT.update(seconds=elapsed, bytes=size, rows=stats[0].count)

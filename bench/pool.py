@@ -5,8 +5,10 @@ embedded PostgreSQL started for the run). Every figure is a ratio against a plai
 ``psycopg_pool.ConnectionPool`` measured in the same run: variants are interleaved within
 each round (who goes first rotates) and the median over rounds is reported. Round trips are
 counted from the libpq protocol trace of one operation: each run of messages the client
-sends before it reads the server's answers is one (a pipeline sends the context, BEGIN and
-the statement in one run). ``bench/pool_latency.py`` counts them on the wire instead.
+sends before it reads the server's answers is one. A pipeline sends the context, BEGIN and
+the statement without waiting, but a local server may answer its first part before the
+client traced the rest, so a pipelined operation may show one more than it waited for:
+``bench/pool_latency.py`` counts round trips on the wire, through a delaying proxy.
 
 Operations:
 

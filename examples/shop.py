@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_mw import install, track
+from audit_mw.capture import install, track
 
 SQL_FILE = Path(__file__).with_name("shop.sql")
 APP_ROLE = "shop_app"

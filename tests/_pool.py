@@ -72,10 +72,11 @@ def count_round_trips(
     """Run ``action``; count the server's ReadyForQuery messages, and the client's turns.
 
     A ReadyForQuery ends each request the client waited for (and each Sync of a pipeline).
-    A turn is a run of messages from the client followed by the server's answers: the
-    number of times the client sent and then waited, that is, of network round trips
-    (libpq traces a message when it is queued; a pipeline queues all of its messages before
-    the first answer is read, on a local server too).
+    A turn is a run of messages from the client followed by the server's answers. Outside
+    pipelines that is the number of network round trips; inside one, a fast local server
+    may answer a first part before the client has queued the rest, so turns can only be
+    trusted where no pipeline runs (``tests/test_pool_round_trips.py`` counts round trips
+    on the wire, through a delaying proxy).
     """
     with tempfile.TemporaryFile("w+") as trace:
         conn.pgconn.trace(trace.fileno())

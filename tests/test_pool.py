@@ -17,8 +17,8 @@ from audit_mw.pool import (
     AsyncAuditPool,
     AuditCursor,
     AuditPool,
+    aapply_context,
     apply_context,
-    apply_context_async,
 )
 from tests._pool import (
     EMPTY_SETTINGS,
@@ -198,20 +198,20 @@ def _count_checkout_round_trips(pool: AuditPool) -> None:
     with pool.connection() as conn:
         pass
     (conn,) = pool._pool  # the only connection, to trace it
-    # Plain: BEGIN, INSERT, COMMIT, three requests, three ReadyForQuery, three round trips.
-    # A new context: the settings and a Sync, BEGIN and INSERT and a Sync go in one request
-    # (two ReadyForQuery), then COMMIT: two round trips, one fewer than with no context to
-    # send. The context already there: nothing is added.
+    # Plain: BEGIN, INSERT, COMMIT: three requests, three ReadyForQuery. A new context: the
+    # settings and a Sync, then BEGIN, INSERT and a Sync, in one pipeline (two
+    # ReadyForQuery, one round trip: tests/test_pool_round_trips.py counts those on the
+    # wire), then COMMIT. The context already there: nothing is added at all.
     with audit_context(ALICE):
-        assert count_round_trips(conn, checkout)[1:] == (3, 2)
+        assert count_round_trips(conn, checkout)[1] == 3
         assert count_round_trips(conn, checkout)[1:] == (3, 3)
         # An equal context (another object) is just as current.
         with audit_context(AuditContext(**{f: getattr(ALICE, f) for f in (
                 "user_id", "client_ip", "request_id", "user_agent", "extra")})):
             assert count_round_trips(conn, checkout)[1:] == (3, 3)
         with audit_context(request_id="req-c"):
-            assert count_round_trips(conn, checkout)[1:] == (3, 2)
-    assert count_round_trips(conn, checkout)[1:] == (3, 2)
+            assert count_round_trips(conn, checkout)[1] == 3
+    assert count_round_trips(conn, checkout)[1] == 3
     assert count_round_trips(conn, checkout)[1:] == (3, 3)
 
 
@@ -269,15 +269,15 @@ def test_apply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) ->
     }
 
 
-def test_apply_context_async_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) -> None:
+def test_aapply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) -> None:
     async def main() -> dict[str, str]:
         async with await psycopg.AsyncConnection.connect(app_dsn) as conn:
-            await apply_context_async(conn, ALICE)
+            await aapply_context(conn, ALICE)
             await conn.execute(INSERT, ["session", None])
             await conn.rollback()
             await conn.execute(INSERT, ["after rollback", None])
             await conn.commit()
-            await apply_context_async(conn, ANON, local=True)
+            await aapply_context(conn, ANON, local=True)
             return await read_settings_async(conn)
 
     assert asyncio.run(main()) == ANON.settings()
@@ -418,10 +418,10 @@ def test_transaction_mode_costs_no_extra_round_trip(app_dsn: str, notes: Conn) -
             conn.execute(INSERT, ["x", None])
             conn.commit()
 
-        baseline = count_round_trips(plain, lambda: write(plain))[2]
+        baseline = count_round_trips(plain, lambda: write(plain))[1]
 
     pool = AuditPool(app_dsn, min_size=1, max_size=1, context_mode="transaction")
     with pool, audit_context(ALICE), pool.connection() as conn:
-        # BEGIN, the settings and the INSERT in one request, then COMMIT.
+        # BEGIN, the settings and the INSERT in one pipeline with one Sync, then COMMIT.
         assert baseline == 3
-        assert count_round_trips(conn, lambda: write(conn))[2] == baseline - 1
+        assert count_round_trips(conn, lambda: write(conn))[1] == baseline - 1

@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from audit_mw.admin import admin_app
 from audit_mw.cli import main
-from audit_mw.errors import ConfigurationError, IntegrityError
+from audit_mw.errors import ConfigurationError, VerificationError
 from audit_mw.integrity import seal, verify
 from tests._admin import allow, anyio_backend, client, pool, reader_dsn
 from tests._integrity import HMAC_SECRET, build_trail, env_for, event_at, guards_off, hmac_keys
@@ -79,7 +79,7 @@ def test_runs_are_append_only_and_need_the_owner(
 
     # A verification that cannot run is recorded as such.
     conn.execute("INSERT INTO audit.chains (chain_id) VALUES (%s)", [uuid.uuid4()])
-    with pytest.raises(IntegrityError, match="2 chains"):
+    with pytest.raises(VerificationError, match="2 chains"):
         verify(conn, hmac_keys(), record=True)
     status, checked, *_, detail = _runs(conn)[-1]
     assert (status, checked) == ("unverifiable", 0)

@@ -1,6 +1,7 @@
-"""Generate the sync twin of an async module: ``src/audit_mw/pool/async_.py`` -> ``sync.py``.
+"""Generate the sync twin of each async module (``pool/async_.py`` -> ``pool/sync.py``, ...).
 
-The async file is the source; the sync one is never edited by hand. The conversion is a
+Where a sync function mirrors an async one, the async file is the source and the sync one
+is generated: never edited by hand. The pairs are listed in ``FILES``. The conversion is a
 fixed list of whole-word substitutions (``await``, ``async with``, ``AsyncCursor`` ...),
 followed by ruff's import sorting. Usage::
 
@@ -25,16 +26,27 @@ FILES = [
         "src/audit_mw/pool/sync.py",
         "The threaded audit-aware pool, :class:`AuditPool`, and :func:`apply_context`.",
     ),
+    (
+        "src/audit_mw/events/_async.py",
+        "src/audit_mw/events/_sync.py",
+        "The synchronous event writer: moves records to the database, the spool and the log.",
+    ),
+    (
+        "src/audit_mw/admin/_export_async.py",
+        "src/audit_mw/admin/_export_sync.py",
+        "Reading one export from the database: the synchronous shell of ``write_export``.",
+    ),
 ]
 
 # Order matters: longer names before the names they contain.
 WORDS = [
-    ("apply_context_async", "apply_context"),
+    ("aapply_context", "apply_context"),
     ("AsyncAuditPool", "AuditPool"),
     ("AsyncAuditClientCursor", "AuditClientCursor"),
     ("AsyncAuditCursor", "AuditCursor"),
     ("AsyncClientCursor", "ClientCursor"),
     ("AsyncConnectionPool", "ConnectionPool"),
+    ("AsyncDatabase", "Database"),
     ("AsyncConninfoParam", "ConninfoParam"),
     ("AsyncConnection", "Connection"),
     ("AsyncCursor", "Cursor"),
@@ -45,6 +57,8 @@ WORDS = [
     ("ACT", "CT"),
 ]
 PHRASES = [
+    (re.compile(r"\bAsyncGenerator\[(.+?), None\]"), r"Generator[\1, None, None]"),
+    (re.compile(r"\bAsyncGenerator\b"), "Generator"),
     (re.compile(r"\bawait "), ""),
     (re.compile(r"\basync (def|with|for) "), r"\1 "),
     (re.compile(r"\basyncio\b"), "threaded"),
@@ -55,16 +69,16 @@ PHRASES = [
 DOCSTRING = re.compile(r'\A"""(.*?)"""\n', re.DOTALL)
 
 
-def convert(source: str, target: str, docstring: str) -> str:
-    """The sync module generated from the async ``source`` text."""
-    text = DOCSTRING.sub("", source, count=1)
+def convert(text: str, source: str, target: str, docstring: str) -> str:
+    """The sync module ``target`` generated from ``text``, the async module ``source``."""
+    text = DOCSTRING.sub("", text, count=1)
     for old, new in WORDS:
         text = re.sub(rf"\b{old}\b", new, text)
     for pattern, replacement in PHRASES:
         text = pattern.sub(replacement, text)
     header = (
         f'"""{docstring}\n\n'
-        f"Generated from ``{Path(target).parent.name}/async_.py`` by"
+        f"Generated from ``{Path(source).parent.name}/{Path(source).name}`` by"
         " ``tools/async_to_sync.py``: do not edit;\nchange the async source and regenerate.\n"
         '"""\n'
     )
@@ -87,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for source, target, docstring in FILES:
-        expected = convert((ROOT / source).read_text(encoding="utf-8"), target, docstring)
+        expected = convert((ROOT / source).read_text(encoding="utf-8"), source, target, docstring)
         path = ROOT / target
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == expected:

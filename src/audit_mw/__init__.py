@@ -1,45 +1,28 @@
 """audit_mw: a compliance-grade, tamper-evident audit trail for Python web apps on PostgreSQL.
 
-The names users need are re-exported here; the modules behind them are:
+Here are the names an application is wired with; everything else lives in the package of
+its part of the pipeline (see the README's "Architecture"):
 
-- :mod:`audit_mw.context`: the request's audit context (a ContextVar), ``audit_context``;
-- :mod:`audit_mw.web`: the middleware that binds it per request, trusted-proxy client IPs;
-- :mod:`audit_mw.pool`: ``AuditPool`` / ``AsyncAuditPool``, which carry the context to PostgreSQL;
-- :mod:`audit_mw.events`: authentication, admin and data-access events (sync and async);
+- :mod:`audit_mw.context`: the request's audit context (a ContextVar): ``audit_context``,
+  ``set_user``, and ``bind``/``reset``/``current`` for framework code;
+- :mod:`audit_mw.web`: the ASGI and WSGI middleware that bind it per request, proxy trust;
+- :mod:`audit_mw.pool`: ``AuditPool`` / ``AsyncAuditPool``, which carry it to PostgreSQL;
+- :mod:`audit_mw.capture`: the database side: install the schema, track tables, status;
+- :mod:`audit_mw.events`: authentication, admin and data-access events, redaction, spool;
 - :mod:`audit_mw.integrity`: the hash chain, its checkpoints, ``seal`` and ``verify``;
+- :mod:`audit_mw.retention`: the retention policy and legal holds;
 - :mod:`audit_mw.admin`: the admin routes (``admin_app``, imported on first use: it is the
   only part that needs Starlette);
-- :mod:`audit_mw.capture`: install the schema, track tables, status;
-- :mod:`audit_mw.errors`: the error tree.
+- :mod:`audit_mw.errors`: the error tree; :mod:`audit_mw.testing`: development helpers.
 """
 
 from typing import TYPE_CHECKING
 
-from audit_mw.capture.schema import install
-from audit_mw.capture.tracking import retrack, status, track, untrack
-from audit_mw.context import (
-    SETTING_NAMES,
-    AuditContext,
-    audit_context,
-    bind,
-    current,
-    reset,
-    set_user,
-)
-from audit_mw.errors import (
-    AuditError,
-    ConfigurationError,
-    EventWriteError,
-    IntegrityError,
-    QueryError,
-    SchemaError,
-    TrackingError,
-)
+from audit_mw.context import AuditContext, audit_context, set_user
+from audit_mw.errors import AuditError
 from audit_mw.events import (
-    AccessAction,
     AdminAction,
     AuthAction,
-    EventResult,
     EventSettings,
     alog_access,
     alog_auth_event,
@@ -49,26 +32,10 @@ from audit_mw.events import (
     log_auth_event,
     log_event,
 )
-from audit_mw.integrity import (
-    BackgroundSealer,
-    Checkpoint,
-    JsonlSink,
-    KeyRing,
-    SealResult,
-    StructlogSink,
-    VerifyResult,
-    seal,
-    verify,
-    verify_entries,
-)
-from audit_mw.pool import AsyncAuditPool, AuditPool, apply_context, apply_context_async
-from audit_mw.web.asgi import AuditMiddleware
-from audit_mw.web.proxy import TrustedProxies, resolve_client_ip
-from audit_mw.web.wsgi import WSGIAuditMiddleware
+from audit_mw.pool import AsyncAuditPool, AuditPool
+from audit_mw.web import AuditMiddleware, WSGIAuditMiddleware
 
 __all__ = [
-    "SETTING_NAMES",
-    "AccessAction",
     "AdminAction",
     "AsyncAuditPool",
     "AuditContext",
@@ -76,47 +43,18 @@ __all__ = [
     "AuditMiddleware",
     "AuditPool",
     "AuthAction",
-    "BackgroundSealer",
-    "Checkpoint",
-    "ConfigurationError",
-    "EventResult",
     "EventSettings",
-    "EventWriteError",
-    "IntegrityError",
-    "JsonlSink",
-    "KeyRing",
-    "QueryError",
-    "SchemaError",
-    "SealResult",
-    "StructlogSink",
-    "TrackingError",
-    "TrustedProxies",
-    "VerifyResult",
     "WSGIAuditMiddleware",
     "admin_app",
     "alog_access",
     "alog_auth_event",
     "alog_event",
-    "apply_context",
-    "apply_context_async",
     "audit_context",
-    "bind",
     "configure_events",
-    "current",
-    "install",
     "log_access",
     "log_auth_event",
     "log_event",
-    "reset",
-    "resolve_client_ip",
-    "retrack",
-    "seal",
     "set_user",
-    "status",
-    "track",
-    "untrack",
-    "verify",
-    "verify_entries",
 ]
 
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ Every error the package raises on purpose derives from :class:`AuditError`::
      +-- SchemaError            the audit schema is missing, outdated or tampered with
      |    +-- TrackingError     a table cannot be tracked or untracked as asked
      +-- EventWriteError        an application event could not be stored (fail-closed policy)
-     +-- IntegrityError         verification could not run (not: "the chain is broken")
+     +-- VerificationError      verification could not run (not: "the chain is broken")
      +-- QueryError             bad input to the query/export API (a 400 in the admin routes)
      +-- RetentionError         a retention policy or legal hold request was refused
 
@@ -20,11 +20,11 @@ __all__ = [
     "AuditError",
     "ConfigurationError",
     "EventWriteError",
-    "IntegrityError",
     "QueryError",
     "RetentionError",
     "SchemaError",
     "TrackingError",
+    "VerificationError",
 ]
 
 
@@ -48,8 +48,11 @@ class EventWriteError(AuditError):
     """An application event could not be written, and the failure policy is to raise."""
 
 
-class IntegrityError(AuditError):
-    """Integrity verification could not run (a broken chain is a result, not an error)."""
+class VerificationError(AuditError):
+    """Sealing or verification could not run (a broken chain is a result, not an error).
+
+    Named so as not to shadow :class:`psycopg.IntegrityError`, a constraint violation.
+    """
 
 
 class QueryError(AuditError):

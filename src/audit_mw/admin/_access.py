@@ -7,7 +7,7 @@ Events are written on their own connection and transaction, so nothing the reque
 afterwards can roll them back. When a query's event cannot be written, the data is not
 served: an unaudited read is exactly what the trail exists to prevent.
 
-All writes go through :func:`record` (async) and :func:`record_sync`, which use the
+All writes go through :func:`arecord` (async) and :func:`record`, which use the
 application-event writers of :mod:`audit_mw.events` (``audit.log_event()``, its redaction
 and its failure policy: fail closed by default, or a durable spool when configured).
 """
@@ -25,14 +25,14 @@ from psycopg_pool import AsyncConnectionPool
 from audit_mw.context import AuditContext
 from audit_mw.events import alog_event, log_event
 
-__all__ = ["AccessAction", "Actor", "record", "record_sync"]
+__all__ = ["Actor", "TrailAccessAction", "arecord", "record"]
 
 ANONYMOUS = "anonymous"
 #: ``resource_type`` of every access event: what was accessed is the trail itself.
 RESOURCE_TYPE = "audit_trail"
 
 
-class AccessAction(enum.StrEnum):
+class TrailAccessAction(enum.StrEnum):
     """The actions recorded for accesses to the trail (kind ``admin``)."""
 
     QUERIED = "audit_queried"
@@ -77,9 +77,18 @@ def _request_facts(actor: Actor) -> dict[str, str]:
     return environ
 
 
-async def record(
+def _event(action: TrailAccessAction, actor: Actor, *, success: bool,
+           metadata: Mapping[str, Any], reason: str | None) -> dict[str, Any]:
+    """The arguments of ``log_event``/``alog_event`` for one access: the one core of both
+    writers below, which only differ in how they wait for the database."""
+    return {"action": str(action), "resource_type": RESOURCE_TYPE, "success": success,
+            "reason": reason, "actor_id": (actor.user_id or ANONYMOUS)[:256],
+            "request": _request_facts(actor), "metadata": metadata}
+
+
+async def arecord(
     pool: AsyncConnectionPool[Any],
-    action: AccessAction,
+    action: TrailAccessAction,
     actor: Actor,
     *,
     success: bool,
@@ -87,14 +96,13 @@ async def record(
     reason: str | None = None,
 ) -> None:
     """Write one access event on its own connection (fail closed: raises when it cannot)."""
-    await alog_event(pool, str(action), resource_type=RESOURCE_TYPE, success=success,
-                     reason=reason, actor_id=(actor.user_id or ANONYMOUS)[:256],
-                     request=_request_facts(actor), metadata=metadata)
+    await alog_event(pool, **_event(action, actor, success=success, metadata=metadata,
+                                    reason=reason))
 
 
-def record_sync(
+def record(
     conn: psycopg.Connection[Any],
-    action: AccessAction,
+    action: TrailAccessAction,
     actor: Actor,
     *,
     success: bool,
@@ -102,6 +110,4 @@ def record_sync(
     reason: str | None = None,
 ) -> None:
     """Write one access event on ``conn``, committed on its own (the CLI's shell)."""
-    log_event(conn, str(action), resource_type=RESOURCE_TYPE, success=success, reason=reason,
-              actor_id=(actor.user_id or ANONYMOUS)[:256], request=_request_facts(actor),
-              metadata=metadata)
+    log_event(conn, **_event(action, actor, success=success, metadata=metadata, reason=reason))

@@ -5,7 +5,9 @@
   unquoted cell and every value is quoted, so that ``""`` is an empty string; a value a
   spreadsheet would run as a formula, or that starts with ``'``, gets a leading ``'``), and
   its exact inverse;
-- how an exported event becomes the canonical texts the chain hashed.
+- how an exported event becomes the canonical texts the chain hashed;
+- what an export wrote (:class:`ExportStats`) and what links it to the chain
+  (:class:`ExportChain`, built from the rows of the chain statements).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from audit_mw import _sql
+from audit_mw.admin.query import ExportRange
 from audit_mw.errors import ConfigurationError
 from audit_mw.integrity.canonical import (
     CONTENT_COLUMNS,
@@ -25,6 +29,8 @@ from audit_mw.integrity.canonical import (
     content_hash,
     jsonb_text,
 )
+from audit_mw.integrity.chain import GENESIS
+from audit_mw.integrity.seal import checkpoint_from_row
 
 FORMAT_VERSION: Final = 2
 #: After the columns of audit.events: the chain entry of a sealed event (nulls when it is
@@ -194,3 +200,66 @@ def event_content(event: Mapping[str, Any], json_nulls: frozenset[str], *, parse
     if event_id is None:
         raise ValueError("the event has no id")
     return int(event_id), content_hash(texts)
+
+
+@dataclass(slots=True)
+class ExportStats:
+    """What an export wrote, known once it is finished."""
+
+    count: int = 0
+    sealed: int = 0
+    unsealed: int = 0
+    sha256: str = ""
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    first_position: int | None = None
+    last_position: int | None = None
+    complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExportChain:
+    """What links the exported slice to the chain, read after the rows (same snapshot)."""
+
+    chain_id: str
+    previous_hash: bytes
+    checkpoint: Mapping[str, Any] | None
+    links: Sequence[tuple[int, int, bytes]]
+
+    def to_json(self, stats: ExportStats) -> dict[str, Any]:
+        """The manifest's ``chain`` member."""
+        return {
+            "chain_id": self.chain_id,
+            "first_position": stats.first_position,
+            "last_position": stats.last_position,
+            "previous_entry_hash": self.previous_hash.hex(),
+            "links": [[pos, event_id, content.hex()] for pos, event_id, content in self.links],
+        }
+
+
+def range_params(export: ExportRange) -> dict[str, Any]:
+    """The parameters of the export statements for ``export``'s range."""
+    return {"start": export.start, "end": export.end}
+
+
+def checkpoint_columns() -> Any:
+    """The checkpoint columns, as the covering-checkpoint statement selects them."""
+    return _sql.query("integrity", "checkpoint_columns")
+
+
+def chain_params(export: ExportRange, stats: ExportStats, checkpoint_position: int
+                 ) -> dict[str, Any]:
+    """The parameters of the links statement: the range and the chain positions."""
+    return {**range_params(export), "first": stats.first_position,
+            "last": checkpoint_position}
+
+
+def make_chain(chain_id: Any, previous: Any, checkpoint: dict[str, Any] | None,
+               links: Sequence[Any]) -> ExportChain:
+    """The :class:`ExportChain` from the rows the chain statements returned."""
+    cp = checkpoint_from_row(checkpoint).to_json() if checkpoint else None
+    return ExportChain(
+        chain_id=str(chain_id[0]) if chain_id else "",
+        previous_hash=bytes(previous[0]) if previous else GENESIS,
+        checkpoint=cp,
+        links=[(int(r[0]), int(r[1]), bytes(r[2])) for r in links])

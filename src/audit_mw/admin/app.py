@@ -36,13 +36,13 @@ from starlette.routing import Route
 
 from audit_mw import _sql
 from audit_mw.admin import _access
-from audit_mw.admin._access import AccessAction, Actor
+from audit_mw.admin._access import Actor, TrailAccessAction
 from audit_mw.admin.export import (
     MEDIA_TYPES,
     ExportKey,
     ExportStats,
+    astream_export,
     export_key_from_env,
-    stream_export,
 )
 from audit_mw.admin.openapi import openapi_document
 from audit_mw.admin.query import (
@@ -185,21 +185,21 @@ class _AdminRoutes:
                     status, reason = 401, "authentication required"
             except Exception:  # a failing callback refuses: deny by default
                 log.exception("admin authorize callback failed")
-        await self._record_safely(request, AccessAction.DENIED, success=False, reason=reason,
+        await self._record_safely(request, TrailAccessAction.DENIED, success=False, reason=reason,
                                   metadata={"method": request.method,
                                             "path": request.url.path[:256]})
         error = "unauthorized" if status == 401 else "forbidden"
         return _error(status, error, reason)
 
-    async def _record_safely(self, request: Request, action: AccessAction, **kw: Any) -> None:
+    async def _record_safely(self, request: Request, action: TrailAccessAction, **kw: Any) -> None:
         try:
-            await _access.record(self.pool, action, _actor(request), **kw)
+            await _access.arecord(self.pool, action, _actor(request), **kw)
         except _RECORD_FAILURES:
             log.exception("could not record an access to the audit trail", action=str(action))
 
-    async def _record(self, request: Request, action: AccessAction, **kw: Any) -> None:
+    async def _record(self, request: Request, action: TrailAccessAction, **kw: Any) -> None:
         try:
-            await _access.record(self.pool, action, _actor(request), success=True, **kw)
+            await _access.arecord(self.pool, action, _actor(request), success=True, **kw)
         except _RECORD_FAILURES as exc:
             log.exception("could not record an access to the audit trail", action=str(action))
             raise _Unavailable("the access could not be recorded, so nothing is served") from exc
@@ -246,7 +246,7 @@ class _AdminRoutes:
             next_cursor = self.codec.encode(filters_digest("events", query.filters),
                                             int(page_rows[-1][0]), query.page + 1)
         total = min(matches, COUNT_CAP)
-        await self._record(request, AccessAction.QUERIED, metadata={
+        await self._record(request, TrailAccessAction.QUERIED, metadata={
             "endpoint": "events", "filters": query.described_filters(), "rows": len(page_rows),
             "page": query.page, "limit": query.limit, "cursor": query.before_id is not None,
         })
@@ -267,7 +267,7 @@ class _AdminRoutes:
         async with self._reading() as conn:
             row = await (await conn.execute(
                 _sql.query("admin", "event_by_id"), {"id": int(raw)})).fetchone()
-        await self._record(request, AccessAction.QUERIED, metadata={
+        await self._record(request, TrailAccessAction.QUERIED, metadata={
             "endpoint": "event", "filters": {"id": int(raw)}, "rows": 0 if row is None else 1})
         if row is None:
             return _error(404, "not_found", f"no event with id {int(raw)}")
@@ -292,7 +292,7 @@ class _AdminRoutes:
             event = json.loads(text)
             event["changes"] = _changes(event)
             history.append(event)
-        await self._record(request, AccessAction.QUERIED, metadata={
+        await self._record(request, TrailAccessAction.QUERIED, metadata={
             "endpoint": "records", "filters": query.filters, "rows": len(history),
             "page": query.page, "limit": query.limit})
         return JSONResponse({
@@ -309,21 +309,21 @@ class _AdminRoutes:
         filters = {"from": export.start.isoformat(), "to": export.end.isoformat(),
                    "format": export.format}
         # Recorded before any data leaves; the end (rows, digest) is recorded when it is done.
-        await self._record(request, AccessAction.EXPORT_STARTED,
+        await self._record(request, TrailAccessAction.EXPORT_STARTED,
                            metadata={"endpoint": "export", "filters": filters})
         actor = _actor(request)
         stats: list[ExportStats] = []
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                async for chunk in stream_export(self.pool, export, key, stats_out=stats):
+                async for chunk in astream_export(self.pool, export, key, stats_out=stats):
                     yield chunk
             finally:
                 done = stats[0] if stats else ExportStats()
                 with anyio.CancelScope(shield=True):
                     try:
-                        await _access.record(
-                            self.pool, AccessAction.EXPORTED, actor, success=done.complete,
+                        await _access.arecord(
+                            self.pool, TrailAccessAction.EXPORTED, actor, success=done.complete,
                             reason=None if done.complete else "the export did not finish",
                             metadata={"endpoint": "export", "filters": filters,
                                       "rows": done.count, "sha256": done.sha256 or None})
@@ -341,7 +341,7 @@ class _AdminRoutes:
         no_parameters(request.query_params.multi_items())
         async with self._reading() as conn:
             status = await integrity_status(conn)
-        await self._record(request, AccessAction.QUERIED,
+        await self._record(request, TrailAccessAction.QUERIED,
                            metadata={"endpoint": "verify", "filters": {}, "rows": 0})
         return JSONResponse(status)
 

@@ -23,8 +23,9 @@ every chain entry in between whose event is outside the range, and of those up t
 checkpoint), and an HMAC-SHA256 over its own canonical JSON. :func:`verify_export`
 (in :mod:`audit_mw.admin.export_verify`) checks all of it.
 
-:class:`ExportWriter` is the pure core (rows in, bytes out); :func:`stream_export` (async,
-for the HTTP route) and :func:`write_export` (sync, for the CLI) only move rows to it.
+:class:`ExportWriter` is the pure core (rows in, bytes out); :func:`astream_export` (async,
+for the HTTP route) and :func:`write_export` (sync, for the CLI) only move rows to it,
+through ``_export_async`` and its generated twin ``_export_sync``.
 Memory holds one batch of rows, plus the links (at most a checkpoint's worth of entries
 beyond the range, and the out-of-range entries interleaved with it).
 """
@@ -34,49 +35,46 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import aclosing, closing
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from audit_mw import _sql
+from audit_mw.admin import _export_async, _export_sync
 from audit_mw.admin._export_format import (
     CHAIN_COLUMNS,
     CSV_MANIFEST,
     FORMAT_VERSION,
+    ExportChain,
     ExportKey,
+    ExportStats,
     csv_row,
     csv_value,
     neutralise_cell,
 )
-from audit_mw.admin.export_verify import VerifyResult, verify_export
+from audit_mw.admin.export_verify import ExportVerifyResult, verify_export
 from audit_mw.admin.query import ExportRange
 from audit_mw.integrity.canonical import parse_json
-from audit_mw.integrity.chain import GENESIS
 from audit_mw.integrity.keys import KeyRing
-from audit_mw.integrity.seal import checkpoint_from_row
 
 __all__ = [
     "FORMAT_VERSION",
     "ExportChain",
     "ExportKey",
     "ExportStats",
+    "ExportVerifyResult",
     "ExportWriter",
-    "VerifyResult",
+    "astream_export",
     "export_key_from_env",
     "export_keys_from_env",
     "neutralise_cell",
-    "stream_export",
     "verify_export",
     "write_export",
 ]
 
 MEDIA_TYPES: Final = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
-#: Rows fetched from the server cursor at a time: the memory an export holds.
-BATCH_ROWS: Final = 2000
 KEY_ENV: Final = "AUDIT_HMAC_KEY"
 
 #: One exported row as the export statement returns it: id, row_to_json text, chain
@@ -97,41 +95,6 @@ def export_keys_from_env(environ: Mapping[str, str] | None = None) -> dict[str, 
     so that exports signed before a key rotation still verify."""
     ring = KeyRing.from_env(environ)
     return {kid: ExportKey(kid, secret) for kid, secret in ring.hmac_keys.items()}
-
-
-@dataclass(slots=True)
-class ExportStats:
-    """What an export wrote, known once it is finished."""
-
-    count: int = 0
-    sealed: int = 0
-    unsealed: int = 0
-    sha256: str = ""
-    first: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    first_position: int | None = None
-    last_position: int | None = None
-    complete: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ExportChain:
-    """What links the exported slice to the chain, read after the rows (same snapshot)."""
-
-    chain_id: str
-    previous_hash: bytes
-    checkpoint: Mapping[str, Any] | None
-    links: Sequence[tuple[int, int, bytes]]
-
-    def to_json(self, stats: ExportStats) -> dict[str, Any]:
-        """The manifest's ``chain`` member."""
-        return {
-            "chain_id": self.chain_id,
-            "first_position": stats.first_position,
-            "last_position": stats.last_position,
-            "previous_entry_hash": self.previous_hash.hex(),
-            "links": [[pos, event_id, content.hex()] for pos, event_id, content in self.links],
-        }
 
 
 class ExportWriter:
@@ -268,110 +231,42 @@ def _entry(event: Mapping[str, Any], position: int | None) -> dict[str, Any]:
             "chain_position": position}
 
 
-def _range_params(export: ExportRange) -> dict[str, Any]:
-    return {"start": export.start, "end": export.end}
-
-
-def _checkpoint_columns() -> Any:
-    return _sql.query("integrity", "checkpoint_columns")
-
-
-def _chain_params(export: ExportRange, stats: ExportStats, checkpoint_position: int
-                  ) -> dict[str, Any]:
-    return {**_range_params(export), "first": stats.first_position,
-            "last": checkpoint_position}
-
-
-def _make_chain(chain_id: Any, previous: Any, checkpoint: dict[str, Any] | None,
-                links: Sequence[Any]) -> ExportChain:
-    cp = checkpoint_from_row(checkpoint).to_json() if checkpoint else None
-    return ExportChain(
-        chain_id=str(chain_id[0]) if chain_id else "",
-        previous_hash=bytes(previous[0]) if previous else GENESIS,
-        checkpoint=cp,
-        links=[(int(r[0]), int(r[1]), bytes(r[2])) for r in links])
-
-
-async def _read_chain_async(
-    conn: psycopg.AsyncConnection[Any], export: ExportRange, stats: ExportStats
-) -> ExportChain | None:
-    if stats.first_position is None or stats.last_position is None:
-        return None
-    chain_id = await (await conn.execute(_sql.query("admin", "export_chain_id"))).fetchone()
-    previous = await (await conn.execute(_sql.query("admin", "export_previous_hash"), {
-        "position": stats.first_position - 1})).fetchone()
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(_sql.query("admin", "export_covering_checkpoint").format(
-            columns=_checkpoint_columns()), {"position": stats.last_position})
-        checkpoint = await cur.fetchone()
-    links: list[Any] = []
-    if checkpoint is not None:
-        links = await (await conn.execute(_sql.query("admin", "export_links"), _chain_params(
-            export, stats, int(checkpoint["position"])))).fetchall()
-    return _make_chain(chain_id, previous, checkpoint, links)
-
-
-def _read_chain(
-    conn: psycopg.Connection[Any], export: ExportRange, stats: ExportStats
-) -> ExportChain | None:
-    if stats.first_position is None or stats.last_position is None:
-        return None
-    chain_id = conn.execute(_sql.query("admin", "export_chain_id")).fetchone()
-    previous = conn.execute(_sql.query("admin", "export_previous_hash"), {
-        "position": stats.first_position - 1}).fetchone()
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_sql.query("admin", "export_covering_checkpoint").format(
-            columns=_checkpoint_columns()), {"position": stats.last_position})
-        checkpoint = cur.fetchone()
-    links: list[Any] = []
-    if checkpoint is not None:
-        links = conn.execute(_sql.query("admin", "export_links"), _chain_params(
-            export, stats, int(checkpoint["position"]))).fetchall()
-    return _make_chain(chain_id, previous, checkpoint, links)
-
-
-async def stream_export(
+async def astream_export(
     pool: AsyncConnectionPool[Any], export: ExportRange, key: ExportKey,
     *, stats_out: list[ExportStats] | None = None, chunk_bytes: int = 1 << 16,
 ) -> AsyncIterator[bytes]:
     """The export file as chunks, read from one snapshot through a server-side cursor."""
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(_sql.query("admin", "export_snapshot"))
-        await conn.execute(_sql.query("admin", "read_only"), {"timeout_ms": "0"})
-        columns = [r[0] for r in await (
-            await conn.execute(_sql.query("admin", "event_columns"))).fetchall()]
+    def new_writer(columns: list[str]) -> ExportWriter:
         writer = ExportWriter(export, columns, key)
         if stats_out is not None:
             stats_out.append(writer.stats)
-        pending = [writer.header()]
-        size = len(pending[0])
-        async with conn.cursor(name="audit_mw_export") as cur:
-            await cur.execute(_sql.query("admin", "export_rows"), _range_params(export))
-            while batch := await cur.fetchmany(BATCH_ROWS):
-                data = writer.rows(batch)
-                pending.append(data)
-                size += len(data)
-                if size >= chunk_bytes:
-                    yield b"".join(pending)
-                    pending, size = [], 0
-        chain = await _read_chain_async(conn, export, writer.stats)
-        pending.append(writer.manifest(chain))
-        yield b"".join(pending)
+        return writer
+
+    async with (pool.connection() as conn,
+                aclosing(_export_async.export_parts(conn, export, new_writer)) as parts):
+        pending: list[bytes] = []
+        size = 0
+        async for data in parts:
+            pending.append(data)
+            size += len(data)
+            if size >= chunk_bytes:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield b"".join(pending)
 
 
 def write_export(
     conn: psycopg.Connection[Any], export: ExportRange, key: ExportKey, out: BinaryIO
 ) -> ExportStats:
     """Write the export to ``out`` from one snapshot; the CLI's shell of :class:`ExportWriter`."""
-    with conn.transaction():
-        conn.execute(_sql.query("admin", "export_snapshot"))
-        conn.execute(_sql.query("admin", "read_only"), {"timeout_ms": "0"})
-        columns = [r[0] for r in conn.execute(_sql.query("admin", "event_columns")).fetchall()]
-        writer = ExportWriter(export, columns, key)
-        out.write(writer.header())
-        with conn.cursor(name="audit_mw_export") as cur:
-            cur.execute(_sql.query("admin", "export_rows"), _range_params(export))
-            while batch := cur.fetchmany(BATCH_ROWS):
-                out.write(writer.rows(batch))
-        out.write(writer.manifest(_read_chain(conn, export, writer.stats)))
-    return writer.stats
+    writers: list[ExportWriter] = []
+
+    def new_writer(columns: list[str]) -> ExportWriter:
+        writers.append(ExportWriter(export, columns, key))
+        return writers[0]
+
+    with closing(_export_sync.export_parts(conn, export, new_writer)) as parts:
+        for data in parts:
+            out.write(data)
+    return writers[0].stats

@@ -46,14 +46,14 @@ from audit_mw.integrity.checkpoints import Checkpoint
 from audit_mw.integrity.keys import KeyRing
 from audit_mw.integrity.segment import Link, SegmentVerifier
 
-__all__ = ["VerifyResult", "verify_export"]
+__all__ = ["ExportVerifyResult", "verify_export"]
 
 KEY_ENV: Final = "AUDIT_HMAC_KEY"
 Keys = KeyRing | ExportKey | Mapping[str, ExportKey] | None
 
 
 @dataclass(frozen=True, slots=True)
-class VerifyResult:
+class ExportVerifyResult:
     """The outcome of :func:`verify_export`: ``ok``, or the problems found."""
 
     ok: bool
@@ -277,7 +277,7 @@ def verify_export(
     keys: Keys,
     *,
     max_problems: int = 20,
-) -> VerifyResult:
+) -> ExportVerifyResult:
     """Check an export file offline: its sealed events against the chain and checkpoint,
     its order and range, and its manifest (MAC, digest, counts).
 
@@ -294,7 +294,7 @@ def verify_export(
     body = _lines_but_last(lines, digest)
     peek = next(body, None)
     if peek is None:
-        return VerifyResult(False, ("modified: the file has fewer than two lines: not an "
+        return ExportVerifyResult(False, ("modified: the file has fewer than two lines: not an "
                                     "export",), 0, None)
     fmt = "ndjson" if peek.startswith(b"{") else "csv"
 
@@ -317,7 +317,7 @@ def verify_export(
     return _result(check, manifest)
 
 
-def _result(check: _Check, manifest: Mapping[str, Any] | None) -> VerifyResult:
+def _result(check: _Check, manifest: Mapping[str, Any] | None) -> ExportVerifyResult:
     segment = check.segment
     chained = segment.checked if segment is not None and not segment.findings else 0
     if check.problems:
@@ -330,7 +330,7 @@ def _result(check: _Check, manifest: Mapping[str, Any] | None) -> VerifyResult:
         status = "valid"
     problems = check.problems[: check.max_problems] + (
         check.unverifiable if status == "unverifiable" else [])
-    return VerifyResult(
+    return ExportVerifyResult(
         ok=status in ("valid", "valid_chain_only"), problems=tuple(problems),
         count=check.count, manifest=manifest, status=status, sealed=check.sealed,
         unsealed=check.unsealed, chain_checked=chained, warnings=tuple(check.warnings))

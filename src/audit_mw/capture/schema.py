@@ -99,7 +99,7 @@ def install(
                 f"{facts['server_version']}"
             )
         may_create_roles = bool(facts["is_superuser"] or facts["can_create_role"])
-        created = _ensure_roles(cur, may_create_roles) if may_create_roles else ()
+        created = _ensure_roles(cur) if may_create_roles else ()
         owner = OWNER_ROLE if may_create_roles else str(facts["current_role"])
         if may_create_roles and not facts["is_superuser"]:
             # A CREATEROLE role administers the roles it created but must be a member to
@@ -164,7 +164,7 @@ def pinned_search_path(cur: psycopg.Cursor[dict[str, object]]) -> Iterator[None]
         cur.execute(_sql.query("install", "restore_search_path"), {"old_path": row["old_path"]})
 
 
-def _ensure_roles(cur: psycopg.Cursor[dict[str, object]], _: bool) -> tuple[str, ...]:
+def _ensure_roles(cur: psycopg.Cursor[dict[str, object]]) -> tuple[str, ...]:
     created = []
     for role in (OWNER_ROLE, READER_ROLE, WRITER_ROLE):
         cur.execute(_sql.query("install", "role_exists"), {"role": role})

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from audit_mw.admin._access import AccessAction, Actor, record_sync
+from audit_mw.admin._access import Actor, TrailAccessAction, record
 from audit_mw.admin.export import (
     KEY_ENV,
     export_key_from_env,
@@ -67,7 +67,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                "format": export.format}
     actor = _cli_actor()
     with connect(args) as conn:
-        record_sync(conn, AccessAction.EXPORT_STARTED, actor, success=True,
+        record(conn, TrailAccessAction.EXPORT_STARTED, actor, success=True,
                     metadata={"endpoint": "cli export", "filters": filters})
         try:
             with open(partial, "wb") as out:
@@ -76,7 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             partial.unlink(missing_ok=True)
             raise
         os.replace(partial, target)
-        record_sync(conn, AccessAction.EXPORTED, actor, success=True, metadata={
+        record(conn, TrailAccessAction.EXPORTED, actor, success=True, metadata={
             "endpoint": "cli export", "filters": filters, "rows": stats.count,
             "sha256": stats.sha256})
     ids = (f"ids {stats.first['id']}..{stats.last['id']}"

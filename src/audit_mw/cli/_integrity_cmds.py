@@ -14,7 +14,7 @@ import structlog
 
 from audit_mw.capture.partitions import ensure_partitions_quietly
 from audit_mw.cli._connect import connect
-from audit_mw.errors import AuditError, IntegrityError, SchemaError
+from audit_mw.errors import AuditError, SchemaError, VerificationError
 from audit_mw.integrity.chain import VerifyResult
 from audit_mw.integrity.checkpoints import JsonlSink, StructlogSink
 from audit_mw.integrity.keys import KeyRing, generate_hmac_key, generate_signing_key
@@ -120,7 +120,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         # hides a broken chain.
         try:
             result = verify(conn, keys, checkpoint_file=args.checkpoint_file, progress=bar)
-        except (IntegrityError, SchemaError) as exc:
+        except (VerificationError, SchemaError) as exc:
             if args.record:
                 record_failure(conn, exc, started_at=started_at)
             raise

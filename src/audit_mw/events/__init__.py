@@ -292,8 +292,7 @@ async def alog_auth_event(
         action=action, user_id=user_id, actor_id=actor_id, success=success, reason=reason,
         request=request, metadata=metadata, event_id=event_id, settings=settings,
     )
-    return await _async.write(db, record, in_transaction=in_transaction,
-                                    settings=settings)
+    return await _async.write(db, record, in_transaction=in_transaction, settings=settings)
 
 
 async def alog_event(
@@ -319,8 +318,7 @@ async def alog_event(
         actor_id=actor_id, success=success, reason=reason, request=request,
         metadata=metadata, event_id=event_id, settings=settings,
     )
-    return await _async.write(db, record, in_transaction=in_transaction,
-                                    settings=settings)
+    return await _async.write(db, record, in_transaction=in_transaction, settings=settings)
 
 
 async def alog_access(
@@ -358,8 +356,7 @@ async def areplay(
 ) -> ReplayResult:
     """The async form of :func:`replay`."""
     settings = settings or event_settings()
-    return await _async.replay(db, _spool(spool, settings), settings=settings,
-                                     wait=wait)
+    return await _async.replay(db, _spool(spool, settings), settings=settings, wait=wait)
 
 
 def _spool(spool: Spool | str | None, settings: EventSettings) -> Spool:

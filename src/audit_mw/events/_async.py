@@ -1,7 +1,9 @@
-"""The asynchronous event writer: the twin of ``events._sync``, line for line.
+"""The asynchronous event writer: moves records to the database, the spool and the log.
 
-Spool file operations stay synchronous: they are short, local, and only run when the
-database failed or the spool holds something.
+A thin shell around :mod:`audit_mw.events._core`, and the source of its sync twin
+``_sync.py``, which ``tools/async_to_sync.py`` generates. Spool file operations stay
+synchronous: they are short, local, and only run when the database failed or the spool
+holds something.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ async def _execute(
     return row
 
 
-async def _store(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
-           settings: EventSettings) -> tuple[Any, ...]:
+async def _store(
+    db: AsyncDatabase, record: EventRecord, *, in_transaction: bool, settings: EventSettings
+) -> tuple[Any, ...]:
     if isinstance(db, AsyncConnectionPool):
         async with db.connection(timeout=settings.timeout) as conn, conn.transaction():
             return await _execute(conn, record.params)
@@ -56,8 +59,9 @@ async def _store(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool
         return await _execute(db, record.params)
 
 
-async def write(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
-          settings: EventSettings) -> EventResult:
+async def write(
+    db: AsyncDatabase, record: EventRecord, *, in_transaction: bool, settings: EventSettings
+) -> EventResult:
     """Store ``record``; on failure spool it or raise, as ``settings`` say."""
     check_target(db, in_transaction, pool_types=(AsyncConnectionPool,),
                  connection_types=(psycopg.AsyncConnection,))
@@ -81,8 +85,9 @@ async def write(db: AsyncDatabase, record: EventRecord, *, in_transaction: bool,
     return result
 
 
-async def replay(db: AsyncDatabase, spool: Spool, *, settings: EventSettings,
-           wait: bool = True) -> ReplayResult:
+async def replay(
+    db: AsyncDatabase, spool: Spool, *, settings: EventSettings, wait: bool = True
+) -> ReplayResult:
     """Store every spooled event (idempotent); see :func:`audit_mw.events.replay`."""
     check_target(db, False, pool_types=(AsyncConnectionPool,),
                  connection_types=(psycopg.AsyncConnection,))
@@ -104,8 +109,9 @@ async def replay(db: AsyncDatabase, spool: Spool, *, settings: EventSettings,
     return result.report(spool, settings)
 
 
-async def _store_many(db: AsyncDatabase, records: list[EventRecord],
-                settings: EventSettings) -> list[tuple[Any, ...]]:
+async def _store_many(
+    db: AsyncDatabase, records: list[EventRecord], settings: EventSettings
+) -> list[tuple[Any, ...]]:
     # One transaction per chunk: a chunk is stored whole or not at all, and a replay that
     # stops half-way leaves only unstored (or harmlessly re-sendable) lines behind.
     if isinstance(db, AsyncConnectionPool):

@@ -1,7 +1,7 @@
 """The synchronous event writer: moves records to the database, the spool and the log.
 
-A thin shell around :mod:`audit_mw.events._core`; ``events._async`` is its twin, line for
-line. Keep them in step.
+Generated from ``events/_async.py`` by ``tools/async_to_sync.py``: do not edit;
+change the async source and regenerate.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ Database: TypeAlias = "ConnectionPool[Any] | psycopg.Connection[Any]"
 _BATCH = 200
 
 
-def _execute(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[Any, ...]:
+def _execute(
+    conn: psycopg.Connection[Any], params: dict[str, Any]
+) -> tuple[Any, ...]:
     with conn.cursor(row_factory=tuple_row) as cur:
         cur.execute(_sql.query("events", "log_event"), params)
         row = cur.fetchone()
@@ -43,8 +45,9 @@ def _execute(conn: psycopg.Connection[Any], params: dict[str, Any]) -> tuple[Any
     return row
 
 
-def _store(db: Database, record: EventRecord, *, in_transaction: bool,
-           settings: EventSettings) -> tuple[Any, ...]:
+def _store(
+    db: Database, record: EventRecord, *, in_transaction: bool, settings: EventSettings
+) -> tuple[Any, ...]:
     if isinstance(db, ConnectionPool):
         with db.connection(timeout=settings.timeout) as conn, conn.transaction():
             return _execute(conn, record.params)
@@ -54,8 +57,9 @@ def _store(db: Database, record: EventRecord, *, in_transaction: bool,
         return _execute(db, record.params)
 
 
-def write(db: Database, record: EventRecord, *, in_transaction: bool,
-          settings: EventSettings) -> EventResult:
+def write(
+    db: Database, record: EventRecord, *, in_transaction: bool, settings: EventSettings
+) -> EventResult:
     """Store ``record``; on failure spool it or raise, as ``settings`` say."""
     check_target(db, in_transaction, pool_types=(ConnectionPool,),
                  connection_types=(psycopg.Connection,))
@@ -79,8 +83,9 @@ def write(db: Database, record: EventRecord, *, in_transaction: bool,
     return result
 
 
-def replay(db: Database, spool: Spool, *, settings: EventSettings,
-           wait: bool = True) -> ReplayResult:
+def replay(
+    db: Database, spool: Spool, *, settings: EventSettings, wait: bool = True
+) -> ReplayResult:
     """Store every spooled event (idempotent); see :func:`audit_mw.events.replay`."""
     check_target(db, False, pool_types=(ConnectionPool,),
                  connection_types=(psycopg.Connection,))
@@ -102,8 +107,9 @@ def replay(db: Database, spool: Spool, *, settings: EventSettings,
     return result.report(spool, settings)
 
 
-def _store_many(db: Database, records: list[EventRecord],
-                settings: EventSettings) -> list[tuple[Any, ...]]:
+def _store_many(
+    db: Database, records: list[EventRecord], settings: EventSettings
+) -> list[tuple[Any, ...]]:
     # One transaction per chunk: a chunk is stored whole or not at all, and a replay that
     # stops half-way leaves only unstored (or harmlessly re-sendable) lines behind.
     if isinstance(db, ConnectionPool):

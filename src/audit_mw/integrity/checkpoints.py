@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from audit_mw.errors import IntegrityError
+from audit_mw.errors import VerificationError
 from audit_mw.integrity.canonical import encode_fields
 from audit_mw.integrity.keys import KeyRing, authenticate, authentication_problem
 
@@ -190,7 +190,7 @@ def _parse_line(line: bytes, path: Path, number: int) -> Checkpoint:
         return Checkpoint.from_json(json.loads(line))
     except ValueError as exc:
         where = "last line" if number < 0 else f"line {number}"
-        raise IntegrityError(
+        raise VerificationError(
             f"checkpoint file {path}: {where} is not a checkpoint: {exc}") from None
 
 
@@ -200,7 +200,7 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> list[Checkpoint]:
         with Path(path).open("rb") as f:
             return list(_iter_lines(f, Path(path)))
     except FileNotFoundError:
-        raise IntegrityError(f"checkpoint file {path} does not exist") from None
+        raise VerificationError(f"checkpoint file {path} does not exist") from None
 
 
 def _iter_lines(f: Any, path: Path) -> Iterator[Checkpoint]:

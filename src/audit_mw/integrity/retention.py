@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from audit_mw.errors import IntegrityError
+from audit_mw.errors import VerificationError
 from audit_mw.integrity.canonical import encode_fields
 from audit_mw.integrity.checkpoints import append_json_lines
 from audit_mw.integrity.keys import KeyRing, authenticate, authentication_problem
@@ -173,7 +173,7 @@ def read_retention_file(path: str | os.PathLike[str]) -> list[RetentionCheckpoin
                 try:
                     found.append(RetentionCheckpoint.from_json(json.loads(line)))
                 except ValueError as exc:
-                    raise IntegrityError(
+                    raise VerificationError(
                         f"retention file {path}: line {number} is not a retention "
                         f"checkpoint: {exc}") from None
     except FileNotFoundError:

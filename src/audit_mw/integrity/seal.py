@@ -27,7 +27,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 
 from audit_mw import _sql
-from audit_mw.errors import IntegrityError, SchemaError
+from audit_mw.errors import SchemaError, VerificationError
 from audit_mw.integrity.canonical import COLUMNS, CONTENT_TAG, ENTRY_TAG
 from audit_mw.integrity.chain import GENESIS
 from audit_mw.integrity.checkpoints import (
@@ -117,7 +117,7 @@ def seal(
     :class:`~audit_mw.errors.ConfigurationError` before touching anything. ``conn`` must not
     be inside a transaction: each batch is its own. ``sinks`` get every new checkpoint after
     it is committed (and, for a :class:`JsonlSink`, any committed checkpoint it lacks).
-    Raises :class:`~audit_mw.errors.IntegrityError`, and seals nothing, when the chain head
+    Raises :class:`~audit_mw.errors.VerificationError`, and seals nothing, when the chain head
     does not match the last checkpoint or the checkpoint file is ahead of the database.
     """
     keys = KeyRing.from_env() if keys is None else keys
@@ -125,7 +125,7 @@ def seal(
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        raise IntegrityError("seal needs a connection that is not inside a transaction")
+        raise VerificationError("seal needs a connection that is not inside a transaction")
     with conn.transaction():
         check_event_columns(conn)
         locked = conn.execute(_sql.query("integrity", "try_lock")).fetchone()
@@ -184,10 +184,10 @@ def _state(
     found = _checkpoints(cur, "last_checkpoint")
     last_cp = found[0] if found else None
     if len(ids) > 1:
-        raise IntegrityError("audit.chains holds more than one chain; run `audit-mw verify`")
+        raise VerificationError("audit.chains holds more than one chain; run `audit-mw verify`")
     if not ids:
         if head is not None or last_cp is not None:
-            raise IntegrityError("the chain has entries but no chain id; run `audit-mw verify`")
+            raise VerificationError("the chain has entries but no chain id; run `audit-mw verify`")
         chain_id = str(uuid.uuid4())
         cur.execute(_sql.query("integrity", "create_chain"), {"chain_id": chain_id})
         return chain_id, None, None
@@ -199,13 +199,13 @@ def _state(
     if head_pos != cp_pos or (
         head is not None and last_cp is not None and bytes(head["entry_hash"]) != last_cp.head
     ):
-        raise IntegrityError(
+        raise VerificationError(
             f"the chain head (position {head_pos}) does not match the last checkpoint "
             f"(position {cp_pos}); refusing to seal: run `audit-mw verify`")
     if last_cp is not None:
         problem = last_cp.problem(keys)
         if problem is not None:
-            raise IntegrityError(f"the last checkpoint does not verify ({problem[1]}); "
+            raise VerificationError(f"the last checkpoint does not verify ({problem[1]}); "
                                  "refusing to seal: run `audit-mw verify`")
     return chain_id, head, last_cp
 
@@ -224,18 +224,18 @@ def _catch_up_sinks(
             missing = _checkpoints(cur, "checkpoints_after", seq=0)
         else:
             if in_file.chain_id != chain_id:
-                raise IntegrityError(
+                raise VerificationError(
                     f"checkpoint file {sink.path} belongs to chain {in_file.chain_id}, the "
                     f"database holds chain {chain_id}; refusing to seal")
             db_seq = last_cp.seq if last_cp else 0
             if in_file.seq > db_seq:
-                raise IntegrityError(
+                raise VerificationError(
                     f"checkpoint file {sink.path} is ahead of the database (checkpoint "
                     f"{in_file.seq}, database {db_seq}): was it restored from an older backup? "
                     "refusing to seal: run `audit-mw verify --checkpoint-file`")
             same = _checkpoints(cur, "checkpoints_after", seq=in_file.seq - 1)
             if not same or same[0].head != in_file.head or same[0].position != in_file.position:
-                raise IntegrityError(
+                raise VerificationError(
                     f"checkpoint {in_file.seq} in {sink.path} differs from the database's: "
                     "the chain forked; refusing to seal: run `audit-mw verify`")
             missing = same[1:]
@@ -248,7 +248,7 @@ def _write_sinks(sinks: Sequence[CheckpointSink], checkpoints: list[Checkpoint])
         try:
             sink.write(checkpoints)
         except OSError as exc:
-            raise IntegrityError(
+            raise VerificationError(
                 f"checkpoint {checkpoints[-1].seq} is committed but could not be written to "
                 f"its sink ({exc}); the next seal copies it") from exc
 

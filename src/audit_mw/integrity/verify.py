@@ -21,7 +21,7 @@ from psycopg import pq
 from psycopg.rows import dict_row
 
 from audit_mw import _sql
-from audit_mw.errors import ConfigurationError, IntegrityError, SchemaError
+from audit_mw.errors import ConfigurationError, SchemaError, VerificationError
 from audit_mw.integrity.chain import Finding, Verifier, VerifyResult
 from audit_mw.integrity.checkpoints import Checkpoint, read_checkpoint_file
 from audit_mw.integrity.keys import KeyRing
@@ -67,19 +67,19 @@ def verify(
     retention checkpoints in the database and in ``retention_file`` (default: the checkpoint
     file's ``.retention`` sibling): their events may be gone, every other entry is checked,
     and the result's ``retention_cut`` describes the drops. Raises
-    :class:`~audit_mw.errors.IntegrityError` or :class:`~audit_mw.errors.ConfigurationError`
+    :class:`~audit_mw.errors.VerificationError` or :class:`~audit_mw.errors.ConfigurationError`
     when verification cannot run; a broken chain is a result (``valid`` false), not an
     exception.
 
     ``record=True`` appends the result to ``audit.verification_runs`` afterwards (a run that
-    raised ``IntegrityError`` or ``SchemaError`` is recorded as ``unverifiable``); this needs
+    raised ``VerificationError`` or ``SchemaError`` is recorded as ``unverifiable``); this needs
     a role that may insert there, the schema owner.
     """
     started_at = dt.datetime.now(dt.UTC)
     try:
         result = _verify(conn, keys, checkpoint_file=checkpoint_file, anchors=anchors,
                          start=start, progress=progress, retention_file=retention_file)
-    except (IntegrityError, SchemaError) as exc:
+    except (VerificationError, SchemaError) as exc:
         if record:
             record_failure(conn, exc, started_at=started_at)
         raise
@@ -109,7 +109,7 @@ def _verify(
             retention_file = retention_file_for(checkpoint_file)
     outside = read_retention_file(retention_file) if retention_file is not None else []
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        raise IntegrityError("verify needs a connection that is not inside a transaction")
+        raise VerificationError("verify needs a connection that is not inside a transaction")
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("integrity", "read_only_snapshot"))
         cur.execute(_sql.query("integrity", "stream_work_mem"))
@@ -117,7 +117,7 @@ def _verify(
         cur.execute(_sql.query("integrity", "chain_id"))
         ids = [str(r["chain_id"]) for r in cur.fetchall()]
         if len(ids) > 1:
-            raise IntegrityError(f"audit.chains holds {len(ids)} chains; expected one")
+            raise VerificationError(f"audit.chains holds {len(ids)} chains; expected one")
         chain_id = ids[0] if ids else None
         checkpoints = _checkpoints(cur, "checkpoints")
         cur.execute(_sql.query("integrity", "chain_head"))
@@ -234,7 +234,7 @@ def _order_of(cur: psycopg.Cursor[dict[str, Any]], position: int) -> tuple[str, 
     cur.execute(_sql.query("integrity", "order_at_position"), {"position": position})
     row = cur.fetchone()
     if row is None:
-        raise IntegrityError(f"the start checkpoint's position {position} is not in the chain")
+        raise VerificationError(f"the start checkpoint's position {position} is not in the chain")
     return str(row["t"]), int(row["i"])
 
 

@@ -4,7 +4,7 @@
 pools whose connections carry :func:`audit_mw.context.current` with their statements, in
 the same round trip; :func:`instrument_connection` does the same for a connection you
 manage yourself, and :func:`forget_context` says its settings are no longer known.
-:func:`apply_context` and :func:`apply_context_async` apply a context at once, in a round
+:func:`apply_context` and :func:`aapply_context` apply a context at once, in a round
 trip of its own. See ``docs/pools.md``.
 """
 
@@ -13,7 +13,7 @@ from audit_mw.pool.async_ import (
     AsyncAuditClientCursor,
     AsyncAuditCursor,
     AsyncAuditPool,
-    apply_context_async,
+    aapply_context,
 )
 from audit_mw.pool.instrument import forget_context, instrument_connection
 from audit_mw.pool.sync import AuditClientCursor, AuditCursor, AuditPool, apply_context
@@ -26,8 +26,8 @@ __all__ = [
     "AuditCursor",
     "AuditPool",
     "ContextMode",
+    "aapply_context",
     "apply_context",
-    "apply_context_async",
     "forget_context",
     "instrument_connection",
 ]

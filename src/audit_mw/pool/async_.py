@@ -1,5 +1,5 @@
 """The asyncio audit-aware pool, :class:`AsyncAuditPool`, its cursors, and
-:func:`apply_context_async`.
+:func:`aapply_context`.
 
 This file is the source: ``sync.py`` is generated from it by ``tools/async_to_sync.py``
 (run ``python tools/async_to_sync.py --check`` to verify the twin is current). Keep the
@@ -46,7 +46,7 @@ __all__ = [
     "AsyncAuditClientCursor",
     "AsyncAuditCursor",
     "AsyncAuditPool",
-    "apply_context_async",
+    "aapply_context",
 ]
 
 _PIPELINE_OFF = pq.PipelineStatus.OFF
@@ -110,7 +110,7 @@ class AsyncAuditPool(AsyncConnectionPool[ACT]):
         await super().putconn(conn)
 
 
-async def apply_context_async(
+async def aapply_context(
     conn: AsyncConnection[Any], context: AuditContext | None = None, *, local: bool = False
 ) -> AuditContext:
     """Apply ``context`` (default: the current one) to a connection now, in a round trip.

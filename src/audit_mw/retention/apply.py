@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 
 from audit_mw import _sql
 from audit_mw.capture.partitions import list_partitions
-from audit_mw.errors import IntegrityError, RetentionError
+from audit_mw.errors import RetentionError, VerificationError
 from audit_mw.events import log_event
 from audit_mw.integrity.chain import GENESIS
 from audit_mw.integrity.checkpoints import utc_text
@@ -203,7 +203,7 @@ def apply_retention(
             try:
                 sink.write([cp])
             except OSError as exc:
-                raise IntegrityError(
+                raise VerificationError(
                     f"partition {decision.partition} was dropped and retention checkpoint "
                     f"{cp.seq} is committed, but it could not be written to its sink ({exc}); "
                     "copy it from audit.retention_checkpoints") from exc

@@ -1,0 +1,77 @@
+"""Reading one export from the database: the asyncio shell of ``astream_export``.
+
+The source of its sync twin ``_export_sync.py`` (for ``write_export``, the CLI's), which
+``tools/async_to_sync.py`` generates. Both only move rows from PostgreSQL to the one pure
+core, :class:`~audit_mw.admin.export.ExportWriter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import psycopg
+from psycopg.rows import dict_row
+
+from audit_mw import _sql
+from audit_mw.admin._export_format import (
+    ExportChain,
+    ExportStats,
+    chain_params,
+    checkpoint_columns,
+    make_chain,
+    range_params,
+)
+from audit_mw.admin.query import ExportRange
+
+if TYPE_CHECKING:  # the writer's module imports this one
+    from audit_mw.admin.export import ExportWriter
+
+__all__ = ["BATCH_ROWS", "export_parts", "read_chain"]
+
+#: Rows fetched from the server cursor at a time: the memory an export holds.
+BATCH_ROWS: Final = 2000
+
+
+async def read_chain(
+    conn: psycopg.AsyncConnection[Any], export: ExportRange, stats: ExportStats
+) -> ExportChain | None:
+    """What links the exported slice to the chain, read in the export's snapshot."""
+    if stats.first_position is None or stats.last_position is None:
+        return None
+    cur = await conn.execute(_sql.query("admin", "export_chain_id"))
+    chain_id = await cur.fetchone()
+    cur = await conn.execute(_sql.query("admin", "export_previous_hash"), {
+        "position": stats.first_position - 1})
+    previous = await cur.fetchone()
+    async with conn.cursor(row_factory=dict_row) as dict_cur:
+        await dict_cur.execute(_sql.query("admin", "export_covering_checkpoint").format(
+            columns=checkpoint_columns()), {"position": stats.last_position})
+        checkpoint = await dict_cur.fetchone()
+    links: list[Any] = []
+    if checkpoint is not None:
+        cur = await conn.execute(_sql.query("admin", "export_links"), chain_params(
+            export, stats, int(checkpoint["position"])))
+        links = await cur.fetchall()
+    return make_chain(chain_id, previous, checkpoint, links)
+
+
+async def export_parts(
+    conn: psycopg.AsyncConnection[Any], export: ExportRange,
+    new_writer: Callable[[list[str]], ExportWriter],
+) -> AsyncGenerator[bytes, None]:
+    """The export file's header, row batches and manifest, from one snapshot on ``conn``.
+
+    ``new_writer`` makes the writer once the event columns are known.
+    """
+    async with conn.transaction():
+        await conn.execute(_sql.query("admin", "export_snapshot"))
+        await conn.execute(_sql.query("admin", "read_only"), {"timeout_ms": "0"})
+        cur = await conn.execute(_sql.query("admin", "event_columns"))
+        writer = new_writer([r[0] for r in await cur.fetchall()])
+        yield writer.header()
+        async with conn.cursor(name="audit_mw_export") as rows:
+            await rows.execute(_sql.query("admin", "export_rows"), range_params(export))
+            while batch := await rows.fetchmany(BATCH_ROWS):
+                yield writer.rows(batch)
+        yield writer.manifest(await read_chain(conn, export, writer.stats))
