@@ -32,16 +32,19 @@ def test_quick_run_reports_every_figure() -> None:
         ("cursor page 1000", "latency"),
         ("cursor page 1 (kind=data)", "latency"),
         ("cursor page 1000 (kind=data)", "latency"),
+        ("viewer events page", "latency"),
+        ("viewer events page 1000", "latency"),
+        ("viewer user + 30-day range", "latency"),
         ("export (HTTP route, ndjson)", "throughput"),
         ("export 20000 rows (audit-mw export)", "peak RSS"),
     ]
     for row in results:
         assert {"name", "metric", "value", "unit"} <= set(row)
         assert row["value"] > 0
-    for row in results[:6]:
+    for row in results[:9]:
         assert row["unit"] == "ms"
         assert row["p95"] >= row["value"]
         assert row["requests"] == 3
-    assert results[6]["rows"] >= 20_000
-    assert results[7]["baseline"] > 0
-    assert results[7]["ratio"] > 0
+    assert results[9]["rows"] >= 20_000
+    assert results[10]["baseline"] > 0
+    assert results[10]["ratio"] > 0

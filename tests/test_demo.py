@@ -32,6 +32,11 @@ def test_demo_serves_audited_events_and_stops_on_ctrl_c(server_dir: Path) -> Non
                 break
         text = "".join(printed)
         assert "verification valid" in text, text
+        # The viewer's URL comes first, before anything else the demo has to say.
+        told = [line for line in printed if line.strip() and not line.startswith("audit-mw")]
+        viewer = re.fullmatch(r"Audit viewer: (http://127\.0\.0\.1:\d+/audit/ui/) .*\n",
+                              told[0])
+        assert viewer, text
         match = re.search(r"running at (http://127\.0\.0\.1:\d+)", text)
         assert match, text
         admin = DEMO_USERS[0]
@@ -47,6 +52,11 @@ def test_demo_serves_audited_events_and_stops_on_ctrl_c(server_dir: Path) -> Non
             orders = [e for e in events if e["table_name"] == "orders"]
             assert orders
             assert all(e["app_user_id"].startswith("user:") for e in orders)
+            page = client.get(viewer[1])
+            assert page.status_code == 200
+            assert "<h1>Events</h1>" in page.text
+            integrity = client.get(viewer[1] + "integrity")
+            assert "valid, anchored" in integrity.text
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
         assert demo.stderr is not None

@@ -18,6 +18,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import parse_qsl
 
 from audit_mw_examples.shop import Sessions, SessionUser, check_login, query
 from psycopg.rows import dict_row
@@ -31,7 +32,7 @@ from starlette.authentication import (
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from audit_mw import AuditMiddleware, AuthAction, alog_auth_event, alog_event, set_user
@@ -39,6 +40,22 @@ from audit_mw.admin import admin_app
 from audit_mw.pool import AsyncAuditPool
 
 COOKIE = "shop_session"
+FORM = "application/x-www-form-urlencoded"
+#: Where a browser goes after logging in through the form: the audit viewer.
+VIEWER = "/audit/ui/"
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Log in to the example shop</title></head>
+<body><main><h1>Log in to the example shop</h1>{message}
+<form method="post" action="login">
+<p><label for="email">Email</label><br><input id="email" name="email" type="email" required></p>
+<p><label for="password">Password</label><br>
+<input id="password" name="password" type="password" required></p>
+<p><button type="submit">Log in</button></p>
+</form><p>Admins go on to the audit viewer.</p></main></body></html>
+"""
 
 
 class ShopUser(SimpleUser):
@@ -70,6 +87,8 @@ def _bad_request(message: str) -> JSONResponse:
 
 
 async def _json(request: Request) -> dict[str, Any]:
+    if request.headers.get("content-type", "").startswith(FORM):
+        return dict(parse_qsl((await request.body()).decode(errors="replace")))
     try:
         body = await request.json()
     except ValueError:
@@ -89,7 +108,12 @@ def create_app(
                                                name="shop")
     sessions = Sessions()
 
+    async def login_page(request: Request) -> Response:
+        return HTMLResponse(LOGIN_PAGE.format(message=""))
+
     async def login(request: Request) -> Response:
+        # JSON for API clients; the form of GET /login for a browser (then a redirect).
+        browser = request.headers.get("content-type", "").startswith(FORM)
         body = await _json(request)
         email, password = str(body.get("email", "")), str(body.get("password", ""))
         async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -98,11 +122,16 @@ def create_app(
         failure = check_login(row, password)
         if failure is not None or row is None:
             await alog_auth_event(pool, AuthAction.LOGIN_FAILED, user_id=email, reason=failure)
+            if browser:
+                return HTMLResponse(LOGIN_PAGE.format(
+                    message="<p role=alert>Invalid email or password.</p>"), status_code=401)
             return JSONResponse({"error": "invalid email or password"}, status_code=401)
         user = SessionUser(row["id"], row["email"], row["display_name"], row["role"])
         set_user(user.audit_id)  # the rest of this request acts as the new user
         await alog_auth_event(pool, AuthAction.LOGIN, user_id=user.audit_id)
-        response = JSONResponse({"user": user.audit_id, "role": user.role})
+        response: Response = JSONResponse({"user": user.audit_id, "role": user.role})
+        if browser:
+            response = RedirectResponse(VIEWER if user.role == "admin" else "/", status_code=303)
         response.set_cookie(COOKIE, sessions.create(user), httponly=True, samesite="strict")
         return response
 
@@ -201,9 +230,10 @@ def create_app(
         return JSONResponse({
             "shop": "audit_mw example",
             "you": request.user.identity if request.user.is_authenticated else "anonymous",
-            "endpoints": ["POST /login", "POST /logout", "GET /orders", "POST /orders",
-                          "PATCH /orders/{id}", "POST /orders/{id}/cancel",
-                          "POST /admin/users/{id}/role", "GET /audit/events (admins)"],
+            "endpoints": ["GET /login (a form)", "POST /login", "POST /logout", "GET /orders",
+                          "POST /orders", "PATCH /orders/{id}", "POST /orders/{id}/cancel",
+                          "POST /admin/users/{id}/role", "GET /audit/events (admins)",
+                          "GET /audit/ui/ (admins: the audit viewer)"],
         })
 
     def is_admin(request: Request) -> bool:
@@ -220,6 +250,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
+            Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
             Route("/orders", list_orders, methods=["GET"]),

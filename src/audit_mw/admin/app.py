@@ -55,6 +55,7 @@ from audit_mw.admin.query import (
     parse_history_query,
     where_clause,
 )
+from audit_mw.admin.viewer import viewer_routes
 from audit_mw.context import AuditContext, current
 from audit_mw.errors import AuditError, EventWriteError, QueryError
 from audit_mw.integrity.runs import run_to_json
@@ -425,6 +426,7 @@ def admin_app(
 
     return Starlette(
         routes=[
+            *viewer_routes(routes, _failure, integrity_status),
             Route("/events", wrap(routes.events), methods=["GET"]),
             Route("/events/{id}", wrap(routes.event), methods=["GET"]),
             Route("/records/{table}/{record_id:path}", wrap(routes.history), methods=["GET"]),

@@ -3,8 +3,8 @@
 ``audit-mw demo`` needs nothing configured: it starts the embedded PostgreSQL server, builds
 a fresh ``audit_mw_demo`` database with the shop's tables tracked, serves the Starlette
 example on 127.0.0.1, sends it some sample traffic, seals the trail and verifies it, and
-prints the URLs and the demo credentials. Ctrl-C stops the app, and the embedded server if
-the demo started it.
+prints the audit viewer's URL first, then the shop's and the demo credentials. Ctrl-C stops
+the app, and the embedded server if the demo started it.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def _seal_and_verify(dsn: str, checkpoint_file: Path) -> tuple[str, str]:
     checkpoint_file.unlink(missing_ok=True)  # the demo database is new every time
     with psycopg.connect(dsn, autocommit=True) as conn:
         sealed = seal(conn, sinks=[JsonlSink(checkpoint_file)])
-        result = verify(conn, checkpoint_file=checkpoint_file)
+        # Recorded, so that the viewer's integrity page shows this run.
+        result = verify(conn, checkpoint_file=checkpoint_file, record=True)
     return (f"sealed {sealed.sealed} entries", f"{result.detail} "
             f"({result.checked} checked, {result.unsealed} not sealed yet)")
 
@@ -133,6 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sealed, verified = _seal_and_verify(admin_dsn, home / "demo-checkpoints.jsonl")
         admin, member = DEMO_USERS[0], DEMO_USERS[1]
         print(f"""
+Audit viewer: {url}/audit/ui/   (log in at {url}/login as the admin below)
+
 The example shop is running at {url}  (database: {shop_dsn})
 
   admin:   {admin.email} / {admin.password}
