@@ -10,9 +10,12 @@ through the same session, Flask-Login's loader) is carried by the next statement
 extra round trip, and nothing of a previous checkout is ever taken for current: what a
 connection holds is tracked per connection and compared before every statement.
 
-SQLAlchemy's reset on return is a ROLLBACK, which cannot undo the settings (session-level
-ones are committed before the transaction begins). A connection SQLAlchemy invalidates is
-forgotten; its replacement is a new connection, instrumented when it is opened.
+On return to SQLAlchemy's pool (``checkin``) what the connection carries is forgotten, so
+that whatever ran on return (SQLAlchemy's ROLLBACK cannot undo the settings, but a reset
+handler of the app may run ``DISCARD ALL``) the next checkout's first statement sends the
+context again: a few bytes in the same round trip, never a round trip of its own. A
+connection SQLAlchemy invalidates is forgotten too; its replacement is instrumented when
+it is opened.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def instrument_engine(engine: Engine | AsyncEngine) -> None:
     event.listen(pool, "connect", _instrument)
     # Idempotent and without I/O: also covers connections opened before this call.
     event.listen(pool, "checkout", _instrument_on_checkout)
+    event.listen(pool, "checkin", _forget_on_checkin)
     event.listen(pool, "invalidate", _forget)
     event.listen(pool, "soft_invalidate", _forget)
     setattr(sync_engine, _MARK, True)
@@ -90,6 +94,11 @@ def _instrument(dbapi_connection: Any, connection_record: Any) -> None:
 def _instrument_on_checkout(dbapi_connection: Any, connection_record: Any,
                             connection_proxy: Any) -> None:
     instrument_connection(_driver(dbapi_connection))
+
+
+def _forget_on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+    if dbapi_connection is not None:  # None when the connection was invalidated
+        forget_context(_driver(dbapi_connection))
 
 
 def _forget(dbapi_connection: Any, connection_record: Any, exception: Any) -> None:
