@@ -350,3 +350,43 @@ def test_transaction_mode_covers_server_side_cursors_and_leaves_nothing_in_the_s
         conn.autocommit = True
         assert read_settings(conn) == EMPTY_SETTINGS  # nothing at session level
     assert attribution(notes) == [("bob", "bob")]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_set_transaction_stays_the_first_statement_of_its_transaction(
+    app_dsn: str, notes: Conn, mode: str
+) -> None:
+    with psycopg.connect(app_dsn) as conn:
+        instrument_connection(conn, context_mode=mode)  # type: ignore[arg-type]
+        with audit_context(user_id="alice"):
+            conn.execute(INSERT, ["alice", None])
+            conn.commit()
+            set_user("bob")  # changed: inside a transaction it would go transaction-local
+            for statement in (
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                psycopg.sql.SQL("SET transaction_isolation = 'serializable'"),
+                b"  set transaction isolation level serializable",
+            ):
+                with conn.transaction():
+                    conn.execute(statement)
+                    assert conn.execute("SHOW transaction_isolation").fetchone() in (
+                        ("repeatable read",), ("serializable",))
+                    assert read_settings(conn)["audit.user_id"] == "bob"
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                conn.execute(INSERT, ["bob", None])
+    assert attribution(notes) == [("alice", "alice"), ("bob", "bob")]
+
+
+def test_statements_that_cannot_run_in_a_transaction_block_in_transaction_mode(
+    dsn: str, notes: Conn
+) -> None:
+    # The owner's connection: the application role may not index the table.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        instrument_connection(conn, context_mode="transaction")
+        with audit_context(user_id="alice"):
+            conn.execute("VACUUM notes")
+            conn.execute("CREATE INDEX CONCURRENTLY notes_author ON notes (author)")
+            conn.execute("DROP INDEX CONCURRENTLY notes_author")
+            conn.execute(INSERT, ["alice", None])
+    assert attribution(notes) == [("alice", "alice")]

@@ -1,6 +1,6 @@
 """Carrying the audit context with the statements themselves: no round trip of its own.
 
-A connection is *instrumented* (:func:`instrument_connection`): psycopg starts every
+A connection is *instrumented* (``instrument_connection``): psycopg starts every
 statement (``execute``, ``executemany``, ``copy``, ``stream``, server-side cursors, cursors
 built by hand) by calling the connection's ``_start_query`` generator, which is where it
 decides whether to send ``BEGIN``. The instrumented connection gets its own ``_start_query``
@@ -9,9 +9,9 @@ what the connection is known to carry, and, when they differ, puts the ``set_con
 in front of the statement:
 
 - **inside a pipeline** (the audit cursors open one for ``execute`` when something must be
-  sent; psycopg opens one for ``executemany``; or the application's own): the settings are
-  queued before the statement and travel in the same network write; the client reads their
-  result together with the statement's. **No round trip of their own.**
+  sent; psycopg opens one for ``executemany``; or the application's own): the settings go
+  in front of the statement, the client sends both before it reads any answer, and reads
+  their results together with the statement's. **No round trip of their own.**
 - **outside a pipeline** (``copy``, ``stream``, server-side cursors, hand-built cursors):
   they are sent in a short pipeline of their own, together with the ``BEGIN`` psycopg would
   have sent anyway when a transaction is due (no extra round trip then), else alone (one).
@@ -44,13 +44,14 @@ costs a few microseconds on the server, never a round trip, never a wrong attrib
 from __future__ import annotations
 
 import functools
+import re
 import weakref
 from collections.abc import Generator
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
-from psycopg import BaseConnection, errors, pq
+from psycopg import BaseConnection, errors, pq, sql
 from psycopg.generators import execute, fetch_many, send
 from psycopg.pq.abc import PGconn
 
@@ -66,7 +67,9 @@ __all__ = [
     "confirm",
     "expect",
     "forget_context",
+    "hold",
     "install_hook",
+    "leads_transaction",
     "must_send",
     "refuse_unattributed",
     "state_of",
@@ -91,7 +94,7 @@ _LOCAL: Final = 2
 class State:
     """What the client knows of one connection's ``audit.*`` settings."""
 
-    __slots__ = ("active", "dirty", "known", "mode", "pending", "streamed")
+    __slots__ = ("active", "dirty", "hold", "known", "mode", "pending", "streamed")
 
     def __init__(self) -> None:
         #: The context committed at session level, or None: unknown, send before the next
@@ -107,6 +110,9 @@ class State:
         #: A stream() ran and no statement outside a pipeline since: libpq (18) keeps its
         #: single-row mode into the next pipeline, whose first result then breaks psycopg.
         self.streamed = False
+        #: The statement about to run must be the first of its transaction (``SET
+        #: TRANSACTION``): nothing transaction-local may go in front of it.
+        self.hold = False
 
 
 # Weak keys: a discarded connection drops out by itself.
@@ -141,10 +147,10 @@ def _plan(state: State, conn: BaseConnection[Any], context: AuditContext, piped:
         state.dirty = False
         if state.mode != "session":
             # Transaction-local in autocommit outside a pipeline would hold for nothing.
-            return _LOCAL if piped or not conn.autocommit else _NOTHING
+            return _local(state) if piped or not conn.autocommit else _NOTHING
     elif status == _INTRANS or (status == _ACTIVE and piped):
         if state.dirty or state.mode != "session":
-            return _LOCAL
+            return _local(state)
     else:
         return _NOTHING
     known = state.known
@@ -153,7 +159,13 @@ def _plan(state: State, conn: BaseConnection[Any], context: AuditContext, piped:
     if known is not None and known == context:
         state.known = context  # identity next time: the cheapest comparison
         return _NOTHING
-    return _SESSION if status == _IDLE else _LOCAL
+    return _SESSION if status == _IDLE else _local(state)
+
+
+def _local(state: State) -> int:
+    # Held back from a SET TRANSACTION: the next statement of the transaction carries it
+    # (nothing is marked sent), and SET TRANSACTION itself writes no row.
+    return _NOTHING if state.hold else _LOCAL
 
 
 def must_send(conn: BaseConnection[Any]) -> bool:
@@ -181,6 +193,44 @@ def confirm(conn: BaseConnection[Any]) -> None:
     if state is not None and state.pending is not None:
         state.known = state.pending
         state.pending = None
+
+
+# Statements that nothing transaction-local may precede: those that must come first in their
+# transaction ("must be called before any query"), and those that cannot run inside a
+# transaction block, which a pipelined set_config would open around them. None of them
+# writes a row the triggers capture.
+_LEADS_TRANSACTION: Final = re.compile(
+    r"""\s*(?:
+        SET\s+(?:(?:SESSION|LOCAL)\s+)?
+            (?:TRANSACTION\b|transaction_(?:isolation|read_only|deferrable)\b)
+      | VACUUM\b
+      | (?:CREATE|DROP)\s+(?:DATABASE|TABLESPACE)\b
+      | ALTER\s+SYSTEM\b
+      | (?:CREATE\s+(?:UNIQUE\s+)?|DROP\s+)INDEX\s+CONCURRENTLY\b
+      | REINDEX\b[^;]*\bCONCURRENTLY\b
+    )""",
+    re.IGNORECASE | re.VERBOSE,
+)
+
+
+def leads_transaction(conn: BaseConnection[Any], query: object) -> bool:
+    """Whether ``query`` is a ``SET TRANSACTION``, a ``VACUUM`` or alike: see above."""
+    if isinstance(query, bytes):
+        text = query[:200].decode("utf-8", "replace")
+    elif isinstance(query, str):
+        text = query[:200]
+    elif isinstance(query, sql.Composable):
+        text = query.as_string(conn)[:200]
+    else:
+        return False
+    return _LEADS_TRANSACTION.match(text) is not None
+
+
+def hold(conn: BaseConnection[Any], held: bool) -> None:
+    """Hold back (or no longer) transaction-local settings from the next statement."""
+    state = _states.get(conn)
+    if state is not None:
+        state.hold = held
 
 
 def streaming(conn: BaseConnection[Any]) -> None:

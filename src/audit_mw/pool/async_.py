@@ -35,7 +35,9 @@ from audit_mw.pool._carry import (
     confirm,
     expect,
     forget_context,
+    hold,
     install_hook,
+    leads_transaction,
     must_send,
     refuse_unattributed,
     state_of,
@@ -179,14 +181,33 @@ class AsyncAuditCursor(AsyncCursor[Row]):
         binary: bool | None = None,
     ) -> AsyncAuditCursor[Row]:
         conn = self._conn
+        if leads_transaction(conn, query):
+            # SET TRANSACTION must come first in its transaction: nothing local before it.
+            hold(conn, True)
+            try:
+                await self._execute_carrying(query, params, prepare=prepare, binary=binary)
+            finally:
+                hold(conn, False)
+            return self
+        await self._execute_carrying(query, params, prepare=prepare, binary=binary)
+        return self
+
+    async def _execute_carrying(
+        self,
+        query: QueryNoTemplate,
+        params: Params | None,
+        *,
+        prepare: bool | None,
+        binary: bool | None,
+    ) -> None:
+        conn = self._conn
         if conn.pgconn.pipeline_status == _PIPELINE_OFF and must_send(conn):
             expect(conn)
             async with conn.pipeline():
                 await super().execute(query, params, prepare=prepare, binary=binary)
             confirm(conn)
-            return self
-        await super().execute(query, params, prepare=prepare, binary=binary)
-        return self
+        else:
+            await super().execute(query, params, prepare=prepare, binary=binary)
 
     async def executemany(
         self, query: Query, params_seq: Iterable[Params], *, returning: bool = False

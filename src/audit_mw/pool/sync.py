@@ -33,7 +33,9 @@ from audit_mw.pool._carry import (
     confirm,
     expect,
     forget_context,
+    hold,
     install_hook,
+    leads_transaction,
     must_send,
     refuse_unattributed,
     state_of,
@@ -177,14 +179,33 @@ class AuditCursor(Cursor[Row]):
         binary: bool | None = None,
     ) -> AuditCursor[Row]:
         conn = self._conn
+        if leads_transaction(conn, query):
+            # SET TRANSACTION must come first in its transaction: nothing local before it.
+            hold(conn, True)
+            try:
+                self._execute_carrying(query, params, prepare=prepare, binary=binary)
+            finally:
+                hold(conn, False)
+            return self
+        self._execute_carrying(query, params, prepare=prepare, binary=binary)
+        return self
+
+    def _execute_carrying(
+        self,
+        query: QueryNoTemplate,
+        params: Params | None,
+        *,
+        prepare: bool | None,
+        binary: bool | None,
+    ) -> None:
+        conn = self._conn
         if conn.pgconn.pipeline_status == _PIPELINE_OFF and must_send(conn):
             expect(conn)
             with conn.pipeline():
                 super().execute(query, params, prepare=prepare, binary=binary)
             confirm(conn)
-            return self
-        super().execute(query, params, prepare=prepare, binary=binary)
-        return self
+        else:
+            super().execute(query, params, prepare=prepare, binary=binary)
 
     def executemany(
         self, query: Query, params_seq: Iterable[Params], *, returning: bool = False
