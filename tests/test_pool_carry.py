@@ -366,6 +366,8 @@ def test_set_transaction_stays_the_first_statement_of_its_transaction(
                 "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
                 psycopg.sql.SQL("SET transaction_isolation = 'serializable'"),
                 b"  set transaction isolation level serializable",
+                "-- one snapshot\n/* for the count\n and the rows */"
+                " SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
             ):
                 with conn.transaction():
                     conn.execute(statement)
@@ -385,7 +387,7 @@ def test_statements_that_cannot_run_in_a_transaction_block_in_transaction_mode(
     with psycopg.connect(dsn, autocommit=True) as conn:
         instrument_connection(conn, context_mode="transaction")
         with audit_context(user_id="alice"):
-            conn.execute("VACUUM notes")
+            conn.execute("-- keep it small\nVACUUM notes")
             conn.execute("CREATE INDEX CONCURRENTLY notes_author ON notes (author)")
             conn.execute("DROP INDEX CONCURRENTLY notes_author")
             conn.execute(INSERT, ["alice", None])

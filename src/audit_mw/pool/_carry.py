@@ -200,7 +200,8 @@ def confirm(conn: BaseConnection[Any]) -> None:
 # transaction block, which a pipelined set_config would open around them. None of them
 # writes a row the triggers capture.
 _LEADS_TRANSACTION: Final = re.compile(
-    r"""\s*(?:
+    r"""(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*   # leading blanks and comments
+    (?:
         SET\s+(?:(?:SESSION|LOCAL)\s+)?
             (?:TRANSACTION\b|transaction_(?:isolation|read_only|deferrable)\b)
       | VACUUM\b
@@ -209,18 +210,18 @@ _LEADS_TRANSACTION: Final = re.compile(
       | (?:CREATE\s+(?:UNIQUE\s+)?|DROP\s+)INDEX\s+CONCURRENTLY\b
       | REINDEX\b[^;]*\bCONCURRENTLY\b
     )""",
-    re.IGNORECASE | re.VERBOSE,
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
 
 
 def leads_transaction(conn: BaseConnection[Any], query: object) -> bool:
     """Whether ``query`` is a ``SET TRANSACTION``, a ``VACUUM`` or alike: see above."""
     if isinstance(query, bytes):
-        text = query[:200].decode("utf-8", "replace")
+        text = query[:400].decode("utf-8", "replace")
     elif isinstance(query, str):
-        text = query[:200]
+        text = query[:400]
     elif isinstance(query, sql.Composable):
-        text = query.as_string(conn)[:200]
+        text = query.as_string(conn)[:400]
     else:
         return False
     return _LEADS_TRANSACTION.match(text) is not None
