@@ -146,6 +146,7 @@ def test_cli_export_and_verify_export(  # noqa: PLR0917 - pytest fixtures
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     seed(conn)
+    monkeypatch.delenv("AUDIT_EXPORT_KEY", raising=False)
     monkeypatch.setenv("AUDIT_HMAC_KEY", KEY_ENV_VALUE)
     out = tmp_path / f"export.{fmt}"
     assert main(["--dsn", dsn, "export", "--from", RANGE["from"], "--to", RANGE["to"],
@@ -207,10 +208,11 @@ def test_recomputed_digest_without_the_key_is_caught() -> None:
 def test_cli_export_errors(dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("AUDIT_HMAC_KEY", raising=False)
+    monkeypatch.delenv("AUDIT_EXPORT_KEY", raising=False)
     out = str(tmp_path / "x.ndjson")
     assert main(["--dsn", dsn, "export", "--from", RANGE["from"], "--to", RANGE["to"],
                  "-o", out]) == 2
-    assert "set AUDIT_HMAC_KEY" in capsys.readouterr().err
+    assert "set AUDIT_EXPORT_KEY" in capsys.readouterr().err
     monkeypatch.setenv("AUDIT_HMAC_KEY", KEY_ENV_VALUE)
     assert main(["--dsn", dsn, "export", "--from", "2024-01-01", "--to", RANGE["to"],
                  "-o", out]) == 2

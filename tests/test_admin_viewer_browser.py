@@ -29,7 +29,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from audit_mw.integrity import generate_hmac_key, seal, verify
+from audit_mw.integrity import generate_hmac_key, generate_signing_key, seal, verify
 from tests._shop import BOB_IP, run_story
 from tests.test_examples import flask_url, shop_dsn, starlette_url
 
@@ -321,7 +321,7 @@ def test_integrity_says_unanchored_without_a_checkpoint_file(
 def test_logins_and_export_pages(
     context: BrowserContext, starlette_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AUDIT_HMAC_KEY", generate_hmac_key("viewer-test"))
+    monkeypatch.setenv("AUDIT_EXPORT_KEY", generate_signing_key()[0])
     run_story(starlette_url)
     with httpx.Client(base_url=starlette_url, timeout=30,
                       headers={"x-forwarded-for": "198.51.100.66"}) as burst:

@@ -144,18 +144,20 @@ def test_untouched_export_verifies_against_the_chain(
     # With the public key alone the sealed events verify, the unsealed ones cannot.
     result = verify_export(lines, PUBLIC_ONLY)
     assert (result.status, result.exit_code) == ("unverifiable", 2)
-    assert "unsealed" in result.problems[0]
+    assert "nothing says the file is complete" in result.problems[0]
 
 
-def test_public_key_alone_verifies_a_sealed_export(
+def test_checkpoint_key_alone_never_says_ok_for_an_hmac_manifest(
     conn: psycopg.Connection[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The chain alone cannot say that nothing was left out (an event turned into a link
+    passes it): without the manifest's key the answer is "cannot verify", exit 2."""
     _trail(conn, unsealed=False)
     lines = _export(conn, tmp_path, "ndjson")
     result = verify_export(lines, PUBLIC_ONLY)
-    assert (result.status, result.exit_code, result.chain_checked) == ("valid_chain_only", 0, 24)
-    assert "not authenticated" in result.warnings[0]
+    assert (result.status, result.exit_code, result.chain_checked) == ("unverifiable", 2, 24)
+    assert "nothing says the file is complete" in result.problems[0]
 
     # The auditor's command line: no database, no HMAC key, only the public key.
     for name in ("AUDIT_HMAC_KEY", "AUDIT_HMAC_KEYS", "AUDIT_VERIFY_KEYS"):
@@ -164,15 +166,14 @@ def test_public_key_alone_verifies_a_sealed_export(
     path.write_bytes(b"".join(lines))
     key_file = tmp_path / "audit.pub"
     key_file.write_text(PUBLIC + "\n")
-    assert main(["verify-export", "--public-key", str(key_file), str(path)]) == 0
+    assert main(["verify-export", "--public-key", str(key_file), str(path)]) == 2
     out = capsys.readouterr().out
-    assert "24 sealed entries verified against checkpoint" in out
-    assert "warning:" in out
+    assert "FAILED (unverifiable)" in out
     assert main(["verify-export", str(path)]) == 2
     capsys.readouterr()
     monkeypatch.setenv("AUDIT_VERIFY_KEYS", PUBLIC)
-    assert main(["verify-export", "--json", str(path)]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "valid_chain_only"
+    assert main(["verify-export", "--json", str(path)]) == 2
+    assert json.loads(capsys.readouterr().out)["status"] == "unverifiable"
 
     # A checkpoint with a wrong signature is refused.
     manifest = _manifest(lines)

@@ -320,3 +320,52 @@ def test_wrong_count_with_the_key_in_hand(trail: Trail) -> None:
         trail.conn.execute("UPDATE audit.checkpoints SET entry_count = %s, mac = %s"
                            " WHERE seq = 3", [forged.count, mac])
     _expect(verify(trail.conn, KEYS), "bad_checkpoint", 401, event_at(trail.conn, 401))
+
+
+# --- precedence: what is altered is named as such, whatever else is wrong ----------------
+
+
+@pytest.mark.parametrize("offset", ["1 microsecond", "-1 microsecond"])
+def test_a_forged_duplicate_is_named_a_duplicate(trail: Trail, offset: str) -> None:
+    victim = event_at(trail.conn, 500)
+    columns = [r[0] for r in trail.conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'audit.events'::regclass"
+        " AND attnum > 0 AND NOT attisdropped AND attname NOT IN ('occurred_at', 'event_id')"
+        " ORDER BY attnum").fetchall()]
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    trail.conn.execute(sql.SQL(
+        "INSERT INTO audit.events ({names}, occurred_at) OVERRIDING SYSTEM VALUE"
+        " SELECT {names}, occurred_at + {offset}::interval FROM audit.events WHERE id = {id}"
+    ).format(names=names, offset=sql.Literal(offset), id=sql.Literal(victim)))
+    result = verify(trail.conn, KEYS)
+    _expect(result, "duplicate", 500, victim)
+    assert result.exit_code == 1
+
+
+def test_a_wrong_secret_is_a_key_mismatch_not_tampering(trail: Trail) -> None:
+    wrong = KeyRing.build({"k1": OTHER_SECRET})
+    result = verify(trail.conn, wrong)
+    _expect(result, "key_mismatch", 1, event_at(trail.conn, 1))
+    assert (result.status, result.exit_code) == ("unverifiable", 2)
+    assert "does not match" in result.detail
+    # With altered content as well, the alteration is what is reported.
+    victim = event_at(trail.conn, 650)
+    with guards_off(trail.conn, "events"):
+        trail.conn.execute("UPDATE audit.events SET app_user_id = 'mallory' WHERE id = %s",
+                           [victim])
+    result = verify(trail.conn, wrong)
+    _expect(result, "modified", 650, victim)
+    assert (result.status, result.exit_code) == ("tampered", 1)
+
+
+def test_modified_content_wins_over_a_checkpoint_with_an_unknown_key(trail: Trail) -> None:
+    with guards_off(trail.conn, "checkpoints"):
+        trail.conn.execute("UPDATE audit.checkpoints SET key_id = 'ghost' WHERE seq = 3")
+    assert verify(trail.conn, KEYS).exit_code == 2  # alone: cannot verify
+    victim = event_at(trail.conn, 700)
+    with guards_off(trail.conn, "events"):
+        trail.conn.execute("UPDATE audit.events SET app_user_id = 'mallory' WHERE id = %s",
+                           [victim])
+    result = verify(trail.conn, KEYS)
+    _expect(result, "modified", 700, victim)
+    assert (result.status, result.exit_code) == ("tampered", 1)

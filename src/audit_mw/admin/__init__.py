@@ -6,6 +6,13 @@ from a WSGI application. See ``docs/admin.md``.
 """
 
 from audit_mw.admin.app import Authorize, admin_app
-from audit_mw.admin.export import ExportKey, export_key_from_env, verify_export
+from audit_mw.admin.export import (
+    ExportKey,
+    ExportSigningKey,
+    export_key_from_env,
+    export_signing_key_from_env,
+    verify_export,
+)
 
-__all__ = ["Authorize", "ExportKey", "admin_app", "export_key_from_env", "verify_export"]
+__all__ = ["Authorize", "ExportKey", "ExportSigningKey", "admin_app", "export_key_from_env",
+           "export_signing_key_from_env", "verify_export"]

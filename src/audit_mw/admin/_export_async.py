@@ -7,7 +7,7 @@ core, :class:`~audit_mw.admin.export.ExportWriter`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
@@ -59,14 +59,18 @@ async def read_chain(
 async def export_parts(
     conn: psycopg.AsyncConnection[Any], export: ExportRange,
     new_writer: Callable[[list[str]], ExportWriter],
+    *, limits: Mapping[str, str] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The export file's header, row batches and manifest, from one snapshot on ``conn``.
 
-    ``new_writer`` makes the writer once the event columns are known.
+    ``new_writer`` makes the writer once the event columns are known; ``limits``
+    (``total_ms``, ``idle_ms``) bound the statements and the idle transaction.
     """
     async with conn.transaction():
         await conn.execute(_sql.query("admin", "export_snapshot"))
         await conn.execute(_sql.query("admin", "read_only"), {"timeout_ms": "0"})
+        if limits is not None:
+            await conn.execute(_sql.query("admin", "export_limits"), dict(limits))
         cur = await conn.execute(_sql.query("admin", "event_columns"))
         writer = new_writer([r[0] for r in await cur.fetchall()])
         yield writer.header()

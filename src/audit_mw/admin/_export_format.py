@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -19,6 +21,9 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audit_mw import _sql
 from audit_mw.admin.query import ExportRange
@@ -32,7 +37,12 @@ from audit_mw.integrity.canonical import (
 from audit_mw.integrity.chain import GENESIS
 from audit_mw.integrity.seal import checkpoint_from_row
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
+#: Header versions the verifier reads: 2 (HMAC manifests only) and 3 (Ed25519 signatures).
+READ_VERSIONS: Final = frozenset({2, 3})
+#: Prefixed to the canonical manifest before signing: a signature made for another purpose
+#: (a checkpoint) can never pass as an export signature, nor the reverse.
+SIGNATURE_CONTEXT: Final = b"audit_mw export manifest\n"
 #: After the columns of audit.events: the chain entry of a sealed event (nulls when it is
 #: not sealed yet), and the jsonb columns that hold a JSON null rather than an SQL NULL.
 CHAIN_COLUMNS: Final = ("chain_position", "chain_content_hash", "chain_entry_hash",
@@ -41,7 +51,11 @@ JSONB_COLUMNS: Final = frozenset({"old_values", "new_values", "context_extra", "
 ARRAY_COLUMNS: Final = frozenset({"changed_fields", "context_issues"})
 CSV_MANIFEST: Final = "#manifest"
 MIN_KEY_BYTES: Final = 16
-_FORMULA_STARTS: Final = ("=", "+", "-", "@", "\t", "\r", "'")
+#: Starts a spreadsheet may run as a formula: the ASCII signs, their full-width and small
+#: forms (some spreadsheets fold them), ``'`` (so the prefix can always be taken off again);
+#: any leading whitespace (a space, tab, CR, LF, NBSP ... before ``=``) is covered apart.
+_FORMULA_STARTS: Final = ("=", "+", "-", "@", "'", "\uff1d", "\uff0b", "\uff0d", "\uff20",
+                          "\ufe66", "\ufe62", "\ufe63", "\ufe6b", "\u2212")
 _CSV_CELL = re.compile(r'"((?:[^"]|"")*)"|([^,"\r\n]*)')
 
 
@@ -64,19 +78,137 @@ class ExportKey:
         return hmac.new(self.secret, canonical_manifest(manifest), hashlib.sha256).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class ExportSigningKey:
+    """The Ed25519 key that signs export manifests (``AUDIT_EXPORT_KEY``).
+
+    It is a key of its own: the web process that serves exports holds it, never the sealing
+    key (``AUDIT_HMAC_KEY``). An auditor checks a signed export with the public key alone.
+    Its id is :func:`~audit_mw.integrity.keys.public_key_id` of the public key.
+    """
+
+    private: Ed25519PrivateKey = field(repr=False)
+
+    @classmethod
+    def from_text(cls, text: str, what: str = "AUDIT_EXPORT_KEY") -> ExportSigningKey:
+        """The key from the base64 of its 32-byte seed."""
+        try:
+            raw = base64.b64decode(text.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(f"{what} is not valid base64") from None
+        if len(raw) != 32:
+            raise ConfigurationError(
+                f"{what}: an Ed25519 private key is 32 bytes (base64 of the seed)")
+        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        """The public key an auditor verifies with."""
+        return self.private.public_key()
+
+    @property
+    def key_id(self) -> str:
+        """``ed25519:`` and 16 hex digits of the public key's SHA-256."""
+        return export_key_id(self.public)
+
+    def sign(self, manifest: Mapping[str, Any]) -> dict[str, str]:
+        """The manifest's ``signature`` member."""
+        raw = self.private.sign(SIGNATURE_CONTEXT + canonical_manifest(manifest))
+        return {"algorithm": "Ed25519", "key_id": self.key_id,
+                "value": base64.b64encode(raw).decode()}
+
+    def __repr__(self) -> str:
+        return f"ExportSigningKey({self.key_id})"
+
+
+def export_key_id(public: Ed25519PublicKey) -> str:
+    """The id of an export public key (same form as a checkpoint signing key's id)."""
+    return "ed25519:" + hashlib.sha256(public.public_bytes_raw()).hexdigest()[:16]
+
+
+def public_key_from_text(text: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from the base64 of its 32 raw bytes."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError("an Ed25519 public key must be base64") from None
+    if len(raw) != 32:
+        raise ConfigurationError("an Ed25519 public key is 32 bytes (base64 of the raw key)")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def check_manifest_signature(
+    manifest: Mapping[str, Any], publics: Mapping[str, Ed25519PublicKey]
+) -> tuple[str, str] | None:
+    """``None`` when the manifest's Ed25519 signature verifies with one of ``publics``
+    (by key id); else ``(kind, detail)``: ``"modified"`` for a signature that does not
+    verify (or is malformed), ``"key_mismatch"`` when the signing key is not among those
+    given (nothing could be checked)."""
+    signature = manifest.get("signature")
+    if not isinstance(signature, dict) or signature.get("algorithm") != "Ed25519":
+        return "modified", "the manifest signature is missing or malformed"
+    kid = str(signature.get("key_id"))
+    public = publics.get(kid)
+    if public is None:
+        given = ", ".join(sorted(publics)) or "none"
+        return "key_mismatch", (f"the manifest is signed with export key {kid}, which is not "
+                                f"among the export public keys given ({given})")
+    try:
+        raw = base64.b64decode(str(signature.get("value")), validate=True)
+        public.verify(raw, SIGNATURE_CONTEXT + canonical_manifest(manifest))
+    except (binascii.Error, ValueError, InvalidSignature):
+        return "modified", ("the manifest signature does not verify: the manifest (and so "
+                            "the digest of the lines it covers) was altered")
+    return None
+
+
+class MerkleRoot:
+    """The RFC 6962 Merkle tree head (SHA-256) over a sequence of leaves, built as they come
+    with memory for log2(n) hashes: leaf ``H(0x00 || data)``, node ``H(0x01 || left ||
+    right)``, the empty tree ``H()``. The manifest carries it over the export's event lines,
+    so one event can be proved to be in a signed export with log2(n) hashes."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []  # (subtree size, hash), sizes decreasing
+        self.count = 0
+
+    def add(self, data: bytes) -> None:
+        """Append one leaf."""
+        node = (1, hashlib.sha256(b"\x00" + data).digest())
+        # Merge equal complete subtrees: the stack stays a list of perfect trees.
+        while self._stack and self._stack[-1][0] == node[0]:
+            size, left = self._stack.pop()
+            node = (size * 2, hashlib.sha256(b"\x01" + left + node[1]).digest())
+        self._stack.append(node)
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        """The root so far, hex."""
+        if not self._stack:
+            return hashlib.sha256(b"").hexdigest()
+        root = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            root = hashlib.sha256(b"\x01" + left + root).digest()
+        return root.hex()
+
+
 def canonical_manifest(manifest: Mapping[str, Any]) -> bytes:
-    """The bytes a manifest's MAC covers: JSON without ``mac``, sorted keys, no spaces, ASCII."""
-    body = {k: v for k, v in manifest.items() if k != "mac"}
+    """The bytes a manifest's MAC or signature covers: JSON without ``mac`` and
+    ``signature``, sorted keys, no spaces, ASCII."""
+    body = {k: v for k, v in manifest.items() if k not in ("mac", "signature")}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def neutralise_cell(value: str) -> str:
-    """``value`` made inert for spreadsheets: a leading formula character gets a ``'``.
+    """``value`` made inert for spreadsheets: a leading formula character (ASCII or a
+    full-width look-alike) or leading whitespace gets a ``'``.
 
     A value that already starts with ``'`` gets one too, so that taking one leading ``'``
     off (:func:`restore_cell`) always gives the value back.
     """
-    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+    if value.startswith(_FORMULA_STARTS) or (value and value[0].isspace()):
+        return "'" + value
+    return value
 
 
 def restore_cell(cell: str) -> str:

@@ -6,7 +6,7 @@ change the async source and regenerate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
@@ -58,14 +58,18 @@ def read_chain(
 def export_parts(
     conn: psycopg.Connection[Any], export: ExportRange,
     new_writer: Callable[[list[str]], ExportWriter],
+    *, limits: Mapping[str, str] | None = None,
 ) -> Generator[bytes, None, None]:
     """The export file's header, row batches and manifest, from one snapshot on ``conn``.
 
-    ``new_writer`` makes the writer once the event columns are known.
+    ``new_writer`` makes the writer once the event columns are known; ``limits``
+    (``total_ms``, ``idle_ms``) bound the statements and the idle transaction.
     """
     with conn.transaction():
         conn.execute(_sql.query("admin", "export_snapshot"))
         conn.execute(_sql.query("admin", "read_only"), {"timeout_ms": "0"})
+        if limits is not None:
+            conn.execute(_sql.query("admin", "export_limits"), dict(limits))
         cur = conn.execute(_sql.query("admin", "event_columns"))
         writer = new_writer([r[0] for r in cur.fetchall()])
         yield writer.header()

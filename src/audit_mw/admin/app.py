@@ -18,9 +18,9 @@ from __future__ import annotations
 import inspect
 import ipaddress
 import json
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
@@ -31,23 +31,31 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from audit_mw import _sql
 from audit_mw.admin import _access
 from audit_mw.admin._access import Actor, TrailAccessAction
+from audit_mw.admin._limits import (
+    BoundedStreamingResponse,
+    DenialLimiter,
+    ExportGate,
+    cursor_secret_from,
+)
 from audit_mw.admin.export import (
     MEDIA_TYPES,
     ExportKey,
+    ExportSigningKey,
     ExportStats,
     astream_export,
-    export_key_from_env,
+    export_signing_key_from_env,
 )
 from audit_mw.admin.openapi import openapi_document
 from audit_mw.admin.query import (
     COUNT_CAP,
     CursorCodec,
+    ExportRange,
     filters_digest,
     no_parameters,
     parse_event_query,
@@ -72,6 +80,17 @@ WSGI_CONTEXT_KEY: Final = "audit_mw.context"
 _MAX_ID: Final = 2**63 - 1
 
 log = structlog.get_logger("audit_mw.admin")
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """The bounds of :func:`admin_app` (see its docstring)."""
+
+    max_concurrent_exports: int
+    export_timeout: float
+    export_idle_timeout: float
+    denial_window: float
+    denial_budget: int
 
 
 class _Unavailable(Exception):
@@ -154,19 +173,23 @@ def _failure(exc: Exception) -> Response:
 class _AdminRoutes:
     """The endpoints, sharing one configuration."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - one private caller, in order
         self,
         pool: AsyncConnectionPool[Any],
         authorize: Authorize | None,
         codec: CursorCodec,
-        export_key: ExportKey | None,
+        export_key: ExportKey | ExportSigningKey | None,
         statement_timeout: float,
+        limits: _Limits,
     ) -> None:
         self.pool = pool
         self.authorize = authorize
         self.codec = codec
         self.export_key = export_key
         self.timeout_ms = str(max(1, round(statement_timeout * 1000)))
+        self.limits = limits
+        self.denials = DenialLimiter(window=limits.denial_window, budget=limits.denial_budget)
+        self.exports = ExportGate(limits.max_concurrent_exports)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -186,9 +209,16 @@ class _AdminRoutes:
                     status, reason = 401, "authentication required"
             except Exception:  # a failing callback refuses: deny by default
                 log.exception("admin authorize callback failed")
-        await self._record_safely(request, TrailAccessAction.DENIED, success=False, reason=reason,
-                                  metadata={"method": request.method,
-                                            "path": request.url.path[:256]})
+        # Aggregated per client (address and user), path and window, under a budget: a
+        # flood of refusals writes a bounded number of rows and leaves the pool alone.
+        path = request.url.path[:256]
+        who = _actor(request).user_id or "anonymous"
+        count = self.denials.admit(f"{_client_ip(request) or 'unknown'} {who} {path}")
+        if count is not None:
+            await self._record_safely(
+                request, TrailAccessAction.DENIED, success=False, reason=reason,
+                metadata={"method": request.method, "path": path,
+                          "count": count, "window_seconds": self.limits.denial_window})
         error = "unauthorized" if status == 401 else "forbidden"
         return _error(status, error, reason)
 
@@ -304,9 +334,22 @@ class _AdminRoutes:
 
     async def export(self, request: Request) -> Response:
         export = parse_export_range(request.query_params.multi_items())
-        key = self.export_key or export_key_from_env()
+        key = self.export_key or export_signing_key_from_env()
         if key is None:
-            raise _Unavailable("exports are signed and need a key: set AUDIT_HMAC_KEY")
+            raise _Unavailable("exports are signed and need a key: set AUDIT_EXPORT_KEY")
+        if not self.exports.try_enter():
+            busy = _error(429, "too_many_exports",
+                          f"{self.exports.limit} exports are running; try again later")
+            busy.headers["retry-after"] = "30"
+            return busy
+        try:
+            return await self._start_export(request, export, key)
+        except BaseException:
+            self.exports.leave()
+            raise
+
+    async def _start_export(self, request: Request, export: ExportRange,
+                            key: ExportKey | ExportSigningKey) -> Response:
         filters = {"from": export.start.isoformat(), "to": export.end.isoformat(),
                    "format": export.format}
         # Recorded before any data leaves; the end (rows, digest) is recorded when it is done.
@@ -317,8 +360,13 @@ class _AdminRoutes:
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                async for chunk in astream_export(self.pool, export, key, stats_out=stats):
-                    yield chunk
+                async with aclosing(astream_export(
+                        self.pool, export, key, stats_out=stats,
+                        total_timeout=self.limits.export_timeout,
+                        # The server's limit is the backstop of the stream's own.
+                        idle_timeout=2 * self.limits.export_idle_timeout + 5)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
             finally:
                 done = stats[0] if stats else ExportStats()
                 with anyio.CancelScope(shield=True):
@@ -332,7 +380,9 @@ class _AdminRoutes:
                         log.exception("could not record the end of an export")
 
         stamp = f"{export.start:%Y%m%dT%H%M%S}-{export.end:%Y%m%dT%H%M%S}"
-        return StreamingResponse(body(), media_type=MEDIA_TYPES[export.format], headers={
+        return BoundedStreamingResponse(
+            body(), total=self.limits.export_timeout, idle=self.limits.export_idle_timeout,
+            on_exit=self.exports.leave, media_type=MEDIA_TYPES[export.format], headers={
             "content-disposition": f'attachment; filename="audit-export-{stamp}.{export.format}"',
             "x-content-type-options": "nosniff",
             "cache-control": "no-store",
@@ -394,8 +444,13 @@ def admin_app(
     authorize: Authorize | None = None,
     cursor_secret: bytes | None = None,
     cursor_ttl: float = 3600.0,
-    export_key: ExportKey | None = None,
+    export_key: ExportKey | ExportSigningKey | None = None,
     statement_timeout: float = 5.0,
+    max_concurrent_exports: int = 2,
+    export_timeout: float = 3600.0,
+    export_idle_timeout: float = 60.0,
+    denial_window: float = 60.0,
+    denial_budget: int = 60,
 ) -> Starlette:
     """The admin routes as a Starlette app, to mount at ``/audit``.
 
@@ -403,18 +458,33 @@ def admin_app(
       works) whose role has ``audit_reader``; it is never opened, closed or reconfigured.
     - ``authorize``: ``(request) -> bool`` or an async one; only ``True`` allows. Without it
       every request is refused (deny by default).
-    - ``cursor_secret``: the key that signs pagination cursors; random per app unless
-      given (give every worker of one deployment the same one). ``cursor_ttl``: seconds a
-      cursor stays valid.
-    - ``export_key``: the key that signs export manifests; default ``AUDIT_HMAC_KEY``.
-    - ``statement_timeout``: seconds any one query may run (exports are exempt).
+    - ``cursor_secret``: the key that signs pagination cursors (at least 16 bytes); default
+      ``AUDIT_CURSOR_SECRET`` (base64), else derived from the export key, so every worker
+      of one deployment accepts the cursors of the others; random (with a warning) only
+      when neither is configured. ``cursor_ttl``: seconds a cursor stays valid.
+    - ``export_key``: the key that signs export manifests: an :class:`ExportSigningKey`
+      (Ed25519; default ``AUDIT_EXPORT_KEY``), so the web process never holds the sealing
+      key; an HMAC :class:`ExportKey` is accepted too (then an auditor needs that secret).
+    - ``statement_timeout``: seconds any one query may run (exports have their own).
+    - ``max_concurrent_exports``: exports running at once in this process (beyond: 429);
+      at most the pool's ``max_size`` minus one, so the query routes keep a connection.
+    - ``export_timeout``: seconds an export may take in all; ``export_idle_timeout``:
+      seconds it may wait for a client that does not read (the stream is cut and its
+      transaction ends; the server also ends a transaction idle that long).
+    - ``denial_window``, ``denial_budget``: refused requests are recorded once per client
+      per window (with the count held back since), at most ``denial_budget`` per window.
     """
     if not isinstance(pool, AsyncConnectionPool):
         raise TypeError("admin_app() needs a psycopg_pool.AsyncConnectionPool")
     if authorize is not None and not callable(authorize):
         raise TypeError("authorize must be a callable taking the request")
-    codec = CursorCodec(cursor_secret or secrets.token_bytes(32), cursor_ttl)
-    routes = _AdminRoutes(pool, authorize, codec, export_key, statement_timeout)
+    key = export_key or export_signing_key_from_env()
+    codec = CursorCodec(cursor_secret_from(cursor_secret, key), cursor_ttl)
+    # Exports never take the last connection: the query routes stay available.
+    max_exports = max(1, min(max_concurrent_exports, (pool.max_size or 2) - 1))
+    limits = _Limits(max_exports, export_timeout, export_idle_timeout, denial_window,
+                     denial_budget)
+    routes = _AdminRoutes(pool, authorize, codec, export_key, statement_timeout, limits)
     wrap = routes.endpoint
 
     async def not_found(request: Request, exc: Exception) -> Response:

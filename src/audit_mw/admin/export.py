@@ -4,7 +4,7 @@ An export is one file an auditor can check without database access (``docs/admin
 describes it field by field):
 
 - **NDJSON** (``application/x-ndjson``): a header line
-  ``{"audit_mw_export":2,"format":"ndjson","from":...,"to":...,"columns":[...]}``, then one
+  ``{"audit_mw_export":3,"format":"ndjson","from":...,"to":...,"columns":[...]}``, then one
   event per line (every column of ``audit.events``, as PostgreSQL's ``row_to_json`` prints
   it, timestamps in UTC, followed by the chain columns), then ``{"manifest":{...}}``.
 - **CSV** (``text/csv``): a header row of column names, one row per event, then the row
@@ -20,7 +20,8 @@ the SHA-256 of every byte before it, the chain id, the checkpoint that covers th
 exported position (as stored: HMAC and, when configured, Ed25519 signature), the entry hash
 before the first exported position and the *links* (position, event id, content hash of
 every chain entry in between whose event is outside the range, and of those up to the
-checkpoint), and an HMAC-SHA256 over its own canonical JSON. :func:`verify_export`
+checkpoint), and an Ed25519 signature by the export key over its own canonical JSON (or,
+made with an HMAC :class:`ExportKey`, an HMAC-SHA256). :func:`verify_export`
 (in :mod:`audit_mw.admin.export_verify`) checks all of it.
 
 :class:`ExportWriter` is the pure core (rows in, bytes out); :func:`astream_export` (async,
@@ -34,12 +35,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+import os
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing, closing
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final
 
 import psycopg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from psycopg_pool import AsyncConnectionPool
 
 from audit_mw.admin import _export_async, _export_sync
@@ -49,10 +52,14 @@ from audit_mw.admin._export_format import (
     FORMAT_VERSION,
     ExportChain,
     ExportKey,
+    ExportSigningKey,
     ExportStats,
+    MerkleRoot,
     csv_row,
     csv_value,
+    export_key_id,
     neutralise_cell,
+    public_key_from_text,
 )
 from audit_mw.admin.export_verify import ExportVerifyResult, verify_export
 from audit_mw.admin.query import ExportRange
@@ -63,12 +70,15 @@ __all__ = [
     "FORMAT_VERSION",
     "ExportChain",
     "ExportKey",
+    "ExportSigningKey",
     "ExportStats",
     "ExportVerifyResult",
     "ExportWriter",
     "astream_export",
     "export_key_from_env",
     "export_keys_from_env",
+    "export_public_keys_from_env",
+    "export_signing_key_from_env",
     "neutralise_cell",
     "verify_export",
     "write_export",
@@ -76,14 +86,39 @@ __all__ = [
 
 MEDIA_TYPES: Final = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 KEY_ENV: Final = "AUDIT_HMAC_KEY"
+#: The Ed25519 export key (base64 seed) and the public keys that verify exports.
+EXPORT_KEY_ENV: Final = "AUDIT_EXPORT_KEY"
+EXPORT_PUBLIC_ENV: Final = "AUDIT_EXPORT_PUBLIC_KEYS"
+#: Either key signs a manifest: Ed25519 (the web process's) or HMAC (the operator's tools).
+AnyExportKey = ExportKey | ExportSigningKey
 
 #: One exported row as the export statement returns it: id, row_to_json text, chain
 #: position, content hash, entry hash (the last three null when not sealed), json nulls.
 ExportRow = tuple[int, str, int | None, bytes | None, bytes | None, list[str] | None]
 
 
+def export_signing_key_from_env(environ: Mapping[str, str] | None = None
+                                ) -> ExportSigningKey | None:
+    """The export key, ``AUDIT_EXPORT_KEY=BASE64`` (an Ed25519 seed; ``audit-mw keygen
+    --export`` makes one); ``None`` when it is not set. The admin app signs with it."""
+    env = os.environ if environ is None else environ
+    text = env.get(EXPORT_KEY_ENV, "").strip()
+    return ExportSigningKey.from_text(text) if text else None
+
+
+def export_public_keys_from_env(environ: Mapping[str, str] | None = None
+                                ) -> dict[str, Ed25519PublicKey]:
+    """The export public keys by id, ``AUDIT_EXPORT_PUBLIC_KEYS=BASE64,BASE64`` (the current
+    one and those of earlier export keys, so older exports still verify)."""
+    env = os.environ if environ is None else environ
+    keys = [public_key_from_text(t) for t in env.get(EXPORT_PUBLIC_ENV, "").split(",")
+            if t.strip()]
+    return {export_key_id(k): k for k in keys}
+
+
 def export_key_from_env(environ: Mapping[str, str] | None = None) -> ExportKey | None:
-    """The current checkpoint key, ``AUDIT_HMAC_KEY=KEY_ID:BASE64`` (as the sealer's)."""
+    """The current checkpoint key as an HMAC export key, ``AUDIT_HMAC_KEY=KEY_ID:BASE64``:
+    for the operator's own tools (the CLI, retention archives), never the web process."""
     ring = KeyRing.from_env(environ)
     if ring.current_kid is None:
         return None
@@ -105,7 +140,7 @@ class ExportWriter:
     """
 
     def __init__(
-        self, export: ExportRange, columns: Sequence[str], key: ExportKey,
+        self, export: ExportRange, columns: Sequence[str], key: AnyExportKey,
         *, generated_at: datetime | None = None,
     ) -> None:
         self.export = export
@@ -117,6 +152,7 @@ class ExportWriter:
         self._digest = hashlib.sha256()
         self._last_text: str | None = None
         self._last_position: int | None = None
+        self._merkle = MerkleRoot()
 
     def _emit(self, data: bytes) -> bytes:
         self._digest.update(data)
@@ -150,12 +186,17 @@ class ExportWriter:
         self._last_text = batch[-1][1]
         self._last_position = batch[-1][2]
         if self.export.format == "csv":
-            return self._emit("".join(self._csv_line(row) for row in batch).encode())
+            records = [self._csv_line(row) for row in batch]
+            for record in records:
+                self._merkle.add(record[:-2].encode())  # without its CRLF
+            return self._emit("".join(records).encode())
         # row_to_json never prints a raw newline, so each event is one line; the chain
         # columns are spliced in before its closing brace.
-        return self._emit("".join(
-            text[:-1] + _chain_json(position, content, entry, nulls) + "\n"
-            for _, text, position, content, entry, nulls in batch).encode())
+        lines = [text[:-1] + _chain_json(position, content, entry, nulls)
+                 for _, text, position, content, entry, nulls in batch]
+        for line in lines:
+            self._merkle.add(line.encode())
+        return self._emit(("\n".join(lines) + "\n").encode())
 
     def _csv_line(self, row: ExportRow) -> str:
         _, text, position, content, entry, nulls = row
@@ -186,29 +227,48 @@ class ExportWriter:
             "last": stats.last,
             "columns": self.columns,
             "sha256": stats.sha256,
+            # One leaf per event line (without its line end), RFC 6962: lets a single
+            # event be proved to be in this signed export.
+            "events_merkle_root": self._merkle.hexdigest(),
             "generated_at": _iso(self.generated_at),
             # The checkpoint at or after the last exported position, as stored.
             "checkpoint": dict(chain.checkpoint) if chain and chain.checkpoint else None,
             "chain": chain.to_json(stats) if chain else None,
-            "verification": {
-                "digest": "SHA-256 of every byte before the manifest line",
-                "mac_algorithm": "HMAC-SHA256",
-                "mac_covers": "this manifest without mac, JSON with sorted keys, "
-                              "no spaces, ASCII",
-                "key_id": self.key.key_id,
-                "chain": "each sealed event's content and entry hash are recomputed from "
-                         "its values; with previous_entry_hash and the links they must "
-                         "reach the checkpoint's head, which its HMAC key or Ed25519 "
-                         "public key authenticates",
-                "command": "audit-mw verify-export FILE (with AUDIT_HMAC_KEY or "
-                           "AUDIT_HMAC_KEYS holding this key id, and/or --public-key)",
-            },
+            "verification": _verification(self.key),
         }
-        manifest["mac"] = self.key.mac(manifest)
+        if isinstance(self.key, ExportSigningKey):
+            manifest["signature"] = self.key.sign(manifest)
+        else:
+            manifest["mac"] = self.key.mac(manifest)
         text = json.dumps(manifest, separators=(",", ":"), ensure_ascii=True)
         if self.export.format == "csv":
             return (CSV_MANIFEST + ',"' + text.replace('"', '""') + '"\r\n').encode()
         return json.dumps({"manifest": manifest}, separators=(",", ":")).encode() + b"\n"
+
+
+def _verification(key: AnyExportKey) -> dict[str, Any]:
+    """How to check the export, written into the manifest for whoever receives the file."""
+    common = {
+        "digest": "SHA-256 of every byte before the manifest line",
+        "events_merkle": "RFC 6962 Merkle tree head (SHA-256; leaf 0x00 || line, node "
+                         "0x01 || left || right) over each event's line or CSV record, "
+                         "without its line end, in file order",
+        "key_id": key.key_id,
+        "chain": "each sealed event's content and entry hash are recomputed from its values; "
+                 "with previous_entry_hash and the links they must reach the checkpoint's "
+                 "head, which its HMAC key or Ed25519 public key authenticates",
+    }
+    if isinstance(key, ExportSigningKey):
+        return {**common, "signature_algorithm": "Ed25519",
+                "signature_covers": "'audit_mw export manifest' and a line feed, then this "
+                                    "manifest without signature, JSON with sorted keys, no "
+                                    "spaces, ASCII",
+                "command": "audit-mw verify-export FILE --export-public-key KEY "
+                           "(and --public-key for the checkpoint)"}
+    return {**common, "mac_algorithm": "HMAC-SHA256",
+            "mac_covers": "this manifest without mac, JSON with sorted keys, no spaces, ASCII",
+            "command": "audit-mw verify-export FILE (with AUDIT_HMAC_KEY or AUDIT_HMAC_KEYS "
+                       "holding this key id)"}
 
 
 def _chain_json(position: int | None, content: bytes | None, entry: bytes | None,
@@ -232,10 +292,17 @@ def _entry(event: Mapping[str, Any], position: int | None) -> dict[str, Any]:
 
 
 async def astream_export(
-    pool: AsyncConnectionPool[Any], export: ExportRange, key: ExportKey,
+    pool: AsyncConnectionPool[Any], export: ExportRange, key: AnyExportKey,
     *, stats_out: list[ExportStats] | None = None, chunk_bytes: int = 1 << 16,
-) -> AsyncIterator[bytes]:
-    """The export file as chunks, read from one snapshot through a server-side cursor."""
+    total_timeout: float | None = None, idle_timeout: float | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """The export file as chunks, read from one snapshot through a server-side cursor.
+
+    ``total_timeout`` bounds each statement, ``idle_timeout`` how long the transaction may
+    sit idle while the consumer does not ask for the next chunk (the server then ends the
+    session); seconds, ``None`` for no limit.
+    """
+    limits = {"total_ms": _ms(total_timeout), "idle_ms": _ms(idle_timeout)}
     def new_writer(columns: list[str]) -> ExportWriter:
         writer = ExportWriter(export, columns, key)
         if stats_out is not None:
@@ -243,7 +310,8 @@ async def astream_export(
         return writer
 
     async with (pool.connection() as conn,
-                aclosing(_export_async.export_parts(conn, export, new_writer)) as parts):
+                aclosing(_export_async.export_parts(conn, export, new_writer,
+                                                     limits=limits)) as parts):
         pending: list[bytes] = []
         size = 0
         async for data in parts:
@@ -256,8 +324,12 @@ async def astream_export(
             yield b"".join(pending)
 
 
+def _ms(seconds: float | None) -> str:
+    return "0" if seconds is None else str(max(1, round(seconds * 1000)))
+
+
 def write_export(
-    conn: psycopg.Connection[Any], export: ExportRange, key: ExportKey, out: BinaryIO
+    conn: psycopg.Connection[Any], export: ExportRange, key: AnyExportKey, out: BinaryIO
 ) -> ExportStats:
     """Write the export to ``out`` from one snapshot; the CLI's shell of :class:`ExportWriter`."""
     writers: list[ExportWriter] = []

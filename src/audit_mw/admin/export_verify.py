@@ -11,13 +11,16 @@ line):
    named by its line number and event id, even when the manifest's digest was recomputed;
 2. the order (chain order: ``(txid, id)`` increasing; sealed events before unsealed ones)
    and that every event lies in the stated range;
-3. the manifest: its MAC with the export key, the SHA-256 of the lines, the counts, the
-   first and last entries. Only the MAC protects unsealed events and the range's ends.
+3. the manifest: its Ed25519 signature with the export public key (or, for a manifest the
+   operator's tools authenticated with an HMAC key, its MAC), the SHA-256 of the lines, the
+   counts, the first and last entries. The signed digest covers every byte before the
+   manifest, so an event removed, added, edited or moved, or a truncated file, is caught
+   even where the chain alone could be bridged by forged links.
 
-Statuses: ``valid`` (all of it), ``valid_chain_only`` (every event is sealed and verified
-against a checkpoint, but the manifest's MAC could not be checked: no export key was
-given, e.g. an auditor with only the public key), ``tampered`` (exit 1), ``unverifiable``
-(exit 2: no key, a checkpoint key that is not given, unsealed events without the export key).
+Statuses: ``valid`` (all of it), ``tampered`` (exit 1: content or manifest altered; this wins
+over anything else found), ``unverifiable`` (exit 2: the manifest's signature or MAC, or the
+checkpoint, could not be checked because its key was not given or does not match). There is
+no "ok" without an authenticated manifest: the manifest is what says nothing was left out.
 """
 
 from __future__ import annotations
@@ -31,14 +34,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from audit_mw.admin._export_format import (
     CSV_MANIFEST,
-    FORMAT_VERSION,
+    READ_VERSIONS,
     ExportKey,
+    ExportSigningKey,
+    MerkleRoot,
     chain_fields,
+    check_manifest_signature,
     csv_records,
     event_content,
+    export_key_id,
     parse_csv_record,
+    public_key_from_text,
     restore_cell,
 )
 from audit_mw.integrity.canonical import parse_json
@@ -49,7 +59,8 @@ from audit_mw.integrity.segment import Link, SegmentVerifier
 __all__ = ["ExportVerifyResult", "verify_export"]
 
 KEY_ENV: Final = "AUDIT_HMAC_KEY"
-Keys = KeyRing | ExportKey | Mapping[str, ExportKey] | None
+Keys = KeyRing | ExportKey | ExportSigningKey | Mapping[str, ExportKey] | None
+ExportPublicKeys = Iterable[Ed25519PublicKey | str] | Mapping[str, Ed25519PublicKey] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +80,7 @@ class ExportVerifyResult:
     @property
     def exit_code(self) -> int:
         """0 valid, 1 tampered, 2 could not verify."""
-        return {"valid": 0, "valid_chain_only": 0, "tampered": 1}.get(self.status, 2)
+        return {"valid": 0, "tampered": 1}.get(self.status, 2)
 
     def to_json(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
@@ -87,8 +98,23 @@ def _key_ring(keys: Keys) -> KeyRing:
         return KeyRing()
     if isinstance(keys, KeyRing):
         return keys
+    if isinstance(keys, ExportSigningKey):
+        return KeyRing()
     found = [keys] if isinstance(keys, ExportKey) else list(keys.values())
     return KeyRing.build({k.key_id: k.secret for k in found})
+
+
+def _export_publics(keys: Keys, given: ExportPublicKeys) -> dict[str, Ed25519PublicKey]:
+    found: dict[str, Ed25519PublicKey] = {}
+    if isinstance(keys, ExportSigningKey):
+        found[keys.key_id] = keys.public
+    if isinstance(given, Mapping):
+        found.update(given)
+    elif given is not None:
+        for key in given:
+            obj = public_key_from_text(key) if isinstance(key, str) else key
+            found[export_key_id(obj)] = obj
+    return found
 
 
 def _read_lines(source: Path | str | Iterable[bytes]) -> tuple[Iterable[bytes], bytes]:
@@ -131,6 +157,8 @@ class _Check:
     def __init__(self, manifest: Mapping[str, Any] | None, ring: KeyRing,
                  max_problems: int) -> None:
         self.manifest = manifest
+        self.export_publics: dict[str, Ed25519PublicKey] = {}
+        self.merkle = MerkleRoot()
         self.max_problems = max_problems
         self.problems: list[str] = []
         self.warnings: list[str] = []
@@ -227,10 +255,11 @@ def _events(lines: Iterable[bytes], fmt: str, check: _Check) -> None:
         head = json.loads(first) if first else None
     except ValueError:
         head = None
-    if not isinstance(head, dict) or head.get("audit_mw_export") != FORMAT_VERSION:
-        check.problem("modified", f"line 1 is not an audit_mw export header (format "
-                                  f"version {FORMAT_VERSION})")
+    if not isinstance(head, dict) or head.get("audit_mw_export") not in READ_VERSIONS:
+        check.problem("modified", "line 1 is not an audit_mw export header (format "
+                                  f"version {' or '.join(map(str, sorted(READ_VERSIONS)))})")
     for number, line in enumerate(text_lines, start=2):
+        check.merkle.add((line[:-1] if line.endswith("\n") else line).encode())
         try:
             event = parse_json(line)
         except ValueError:
@@ -252,6 +281,7 @@ def _csv_events(text_lines: Iterator[str], check: _Check) -> None:
         return
     names = [str(name) for name in header]
     for number, text in records:
+        check.merkle.add(text.encode())
         cells = parse_csv_record(text)
         if cells is None or len(cells) != len(names):
             check.problem("modified", f"line {number}: not a record of {len(names)} cells")
@@ -276,6 +306,7 @@ def verify_export(
     source: Path | str | Iterable[bytes],
     keys: Keys,
     *,
+    export_public_keys: ExportPublicKeys = None,
     max_problems: int = 20,
 ) -> ExportVerifyResult:
     """Check an export file offline: its sealed events against the chain and checkpoint,
@@ -284,12 +315,16 @@ def verify_export(
     ``source`` is a path or the file's lines as bytes. ``keys`` is a :class:`KeyRing` (HMAC
     keys for the manifest and the checkpoint, Ed25519 public keys for signed checkpoints),
     or the export key(s) alone (:class:`ExportKey`, or keys by id as from
-    :func:`~audit_mw.admin.export.export_keys_from_env`).
+    :func:`~audit_mw.admin.export.export_keys_from_env`). ``export_public_keys``: the
+    Ed25519 public keys of the export keys (objects or base64 text), which check a signed
+    manifest; an :class:`ExportSigningKey` given as ``keys`` counts as its public key.
     """
     ring = _key_ring(keys)
+    publics = _export_publics(keys, export_public_keys)
     lines, last_line = _read_lines(source)
     manifest = _parse_manifest(last_line)
     check = _Check(manifest, ring, max_problems)
+    check.export_publics = publics
     digest = hashlib.sha256()
     body = _lines_but_last(lines, digest)
     peek = next(body, None)
@@ -324,14 +359,12 @@ def _result(check: _Check, manifest: Mapping[str, Any] | None) -> ExportVerifyRe
         status = "tampered"
     elif check.unverifiable:
         status = "unverifiable"
-    elif check.warnings:
-        status = "valid_chain_only"
     else:
         status = "valid"
     problems = check.problems[: check.max_problems] + (
         check.unverifiable if status == "unverifiable" else [])
     return ExportVerifyResult(
-        ok=status in ("valid", "valid_chain_only"), problems=tuple(problems),
+        ok=status == "valid", problems=tuple(problems),
         count=check.count, manifest=manifest, status=status, sealed=check.sealed,
         unsealed=check.unsealed, chain_checked=chained, warnings=tuple(check.warnings))
 
@@ -339,28 +372,20 @@ def _result(check: _Check, manifest: Mapping[str, Any] | None) -> ExportVerifyRe
 def _check_manifest(
     manifest: Mapping[str, Any], ring: KeyRing, check: _Check, *, sha256: str, fmt: str
 ) -> None:
-    verification = manifest.get("verification")
-    key_id = verification.get("key_id") if isinstance(verification, dict) else None
-    secret = ring.hmac_keys.get(str(key_id))
-    if secret is not None:
-        if not hmac.compare_digest(str(manifest.get("mac", "")),
-                                   ExportKey(str(key_id), secret).mac(manifest)):
-            check.problem("modified", "the manifest MAC does not match: the manifest was "
-                                      "altered or signed with another key")
+    if "signature" in manifest:
+        _check_signature(manifest, check)
+    elif "mac" in manifest:
+        _check_mac(manifest, ring, check)
     else:
-        missing = (f"no key to check the manifest MAC: set {KEY_ENV}" if not ring.hmac_keys
-                   else f"the manifest was signed with key {key_id!r}, which is not given")
-        if check.unsealed or not check.sealed or check.segment is None:
-            check.unverifiable.append(
-                f"{missing}; {check.unsealed} unsealed of {check.count} entries are "
-                "protected by the manifest MAC alone")
-        else:
-            check.warnings.append(
-                f"{missing}: every entry verified against the chain, but the manifest (the "
-                "range's completeness, the counts) is not authenticated")
+        check.problem("modified", "the manifest carries neither a signature nor a MAC: it "
+                                  "was stripped or forged")
     if manifest.get("format") != fmt:
         check.problem("modified", f"the manifest says format {manifest.get('format')!r}, "
                                   f"the file is {fmt}")
+    root = manifest.get("events_merkle_root")
+    if root is not None and root != check.merkle.hexdigest():
+        check.problem("modified", "the Merkle root of the event lines does not match the "
+                                  "manifest: lines were edited, removed, added or reordered")
     if manifest.get("sha256") != sha256:
         check.problem("modified", "the SHA-256 of the exported lines does not match the "
                                   "manifest: lines were edited, removed or added")
@@ -373,6 +398,37 @@ def _check_manifest(
         if (manifest.get(name) or {}).get("id") != (entry or {}).get("id"):
             check.problem("modified", f"the {name} entry does not match the manifest")
     _check_span(manifest, check)
+
+
+def _check_signature(manifest: Mapping[str, Any], check: _Check) -> None:
+    found = check_manifest_signature(manifest, check.export_publics)
+    if found is None:
+        return
+    kind, detail = found
+    if kind == "key_mismatch" and not check.export_publics:
+        check.unverifiable.append(
+            "no export public key to check the manifest signature: give --export-public-key "
+            "or set AUDIT_EXPORT_PUBLIC_KEYS; without it nothing says the file is complete")
+    elif kind == "key_mismatch":
+        check.unverifiable.append(f"key mismatch: {detail}")
+    else:
+        check.problem(kind, detail)
+
+
+def _check_mac(manifest: Mapping[str, Any], ring: KeyRing, check: _Check) -> None:
+    verification = manifest.get("verification")
+    key_id = verification.get("key_id") if isinstance(verification, dict) else None
+    secret = ring.hmac_keys.get(str(key_id))
+    if secret is None:
+        missing = (f"no key to check the manifest MAC: set {KEY_ENV}" if not ring.hmac_keys
+                   else f"key mismatch: the manifest was authenticated with key {key_id!r}, "
+                        "which is not given")
+        check.unverifiable.append(
+            f"{missing}; without it nothing says the file is complete")
+    elif not hmac.compare_digest(str(manifest.get("mac", "")),
+                                 ExportKey(str(key_id), secret).mac(manifest)):
+        check.problem("modified", "the manifest MAC does not match: the manifest was "
+                                  "altered or authenticated with another key")
 
 
 def _check_span(manifest: Mapping[str, Any], check: _Check) -> None:

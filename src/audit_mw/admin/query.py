@@ -22,10 +22,11 @@ import hmac
 import ipaddress
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from psycopg import sql
@@ -68,9 +69,15 @@ def _text(limit: int) -> Callable[[str, str], str]:
             raise QueryError(name, f"must be at most {limit} characters")
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise QueryError(name, "must not contain control characters")
+        if _SURROGATE.search(value):
+            # Cannot be encoded as UTF-8: PostgreSQL would never see it, psycopg would raise.
+            raise QueryError(name, "must be valid Unicode (no lone surrogates)")
         return value
 
     return parse
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def _kind(name: str, value: str) -> str:
@@ -88,7 +95,11 @@ def _bool(name: str, value: str) -> bool:
 
 
 def _ip(name: str, value: str) -> str:
-    # An address matches itself; a network (10.0.0.0/8) matches every address in it.
+    # An address matches itself; a network (10.0.0.0/8) matches every address in it. A
+    # zone id (fe80::1%eth0) is valid for Python, not for inet: refused here, not by a 500.
+    if "%" in value or not value.isascii():
+        raise QueryError(name, "must be an IP address or a network in CIDR form, without a "
+                               "zone id")
     try:
         if "/" in value:
             return str(ipaddress.ip_network(value, strict=False))
@@ -109,6 +120,14 @@ def parse_timestamp(name: str, value: str) -> datetime:
         ) from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise QueryError(name, "needs a time zone (Z or +hh:mm): a bare time is ambiguous")
+    try:
+        # In UTC the year must stay within 1..9999: 0001-01-01T00:00:00+05:00 is in year 0,
+        # which PostgreSQL accepts and Python cannot represent (a stream would break).
+        in_utc: datetime | None = parsed.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None:
+        raise QueryError(name, "must fall between years 1 and 9999 in UTC")
     return parsed
 
 

@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from audit_mw import _sql
 from audit_mw.admin._access import TrailAccessAction
-from audit_mw.admin.export import export_key_from_env
+from audit_mw.admin.export import export_signing_key_from_env
 from audit_mw.admin.query import (
     COUNT_CAP,
     DEFAULT_LIMIT,
@@ -399,7 +399,7 @@ class _Viewer:
         form = {"from": given.get("from", _iso(today - timedelta(days=30))),
                 "to": given.get("to", _iso(today + timedelta(days=1))),
                 "format": given.get("format", "ndjson")}
-        has_key = (self.admin.export_key or export_key_from_env()) is not None
+        has_key = (self.admin.export_key or export_signing_key_from_env()) is not None
         return self.render(request, "export.html", title="Export", form=form,
                            has_key=has_key, formats=("ndjson", "csv"))
 

@@ -11,8 +11,11 @@ from typing import Any
 
 from audit_mw.admin._access import Actor, TrailAccessAction, record
 from audit_mw.admin.export import (
+    EXPORT_KEY_ENV,
     KEY_ENV,
     export_key_from_env,
+    export_public_keys_from_env,
+    export_signing_key_from_env,
     verify_export,
     write_export,
 )
@@ -32,6 +35,7 @@ def register(commands: Any) -> None:
                    help="first instant excluded (ISO 8601 with a time zone)")
     p.add_argument("--format", choices=("ndjson", "csv"), default="ndjson")
     p.add_argument("-o", "--output", required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_export)
 
     p = commands.add_parser(
@@ -42,6 +46,10 @@ def register(commands: Any) -> None:
     p.add_argument("--public-key", action="append", default=[], metavar="BASE64_OR_FILE",
                    help="Ed25519 public key the checkpoints are signed with (also "
                         "$AUDIT_VERIFY_KEYS); repeatable")
+    p.add_argument("--export-public-key", action="append", default=[],
+                   metavar="BASE64_OR_FILE",
+                   help="Ed25519 public key of the export key the manifest is signed with "
+                        "(also $AUDIT_EXPORT_PUBLIC_KEYS); repeatable")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_verify_export)
 
@@ -57,10 +65,11 @@ def _cli_actor() -> Actor:
 def cmd_export(args: argparse.Namespace) -> int:
     export = parse_export_range([("from", args.start), ("to", args.end),
                                  ("format", args.format)])
-    key = export_key_from_env()
+    key = export_signing_key_from_env() or export_key_from_env()
     if key is None:
-        raise ConfigurationError(f"exports are signed: set {KEY_ENV}=KEY_ID:BASE64_SECRET "
-                                 "(create one with `audit-mw keygen`)")
+        raise ConfigurationError(
+            f"exports are signed: set {EXPORT_KEY_ENV}=BASE64 (create one with `audit-mw "
+            f"keygen --export`), or {KEY_ENV} for an HMAC manifest")
     target = Path(args.output)
     partial = target.with_name(target.name + ".partial")
     filters = {"from": export.start.isoformat(), "to": export.end.isoformat(),
@@ -79,6 +88,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         record(conn, TrailAccessAction.EXPORTED, actor, success=True, metadata={
             "endpoint": "cli export", "filters": filters, "rows": stats.count,
             "sha256": stats.sha256})
+    if args.json:
+        print(json.dumps({"file": str(target), "count": stats.count, "sealed": stats.sealed,
+                          "unsealed": stats.unsealed, "sha256": stats.sha256,
+                          "first": stats.first, "last": stats.last}))
+        return 0
     ids = (f"ids {stats.first['id']}..{stats.last['id']}"
            if stats.first and stats.last else "no entries")
     print(f"exported {stats.count} entries ({ids}) to {target}; {stats.sealed} sealed, "
@@ -86,14 +100,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_text(value: str) -> str:
+    """A public key given inline (base64) or as a file holding it."""
+    path = Path(value)
+    return path.read_text().strip() if path.is_file() else value
+
+
 def cmd_verify_export(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise ConfigurationError(f"no such file: {path}")
     env = KeyRing.from_env()
-    publics = [Path(v).read_text().strip() if Path(v).is_file() else v for v in args.public_key]
+    publics = [_key_text(v) for v in args.public_key]
     keys = KeyRing.build(env.hmac_keys, public_keys=[*env.public_keys.values(), *publics])
-    result = verify_export(path, keys)
+    export_publics: list[Any] = [*export_public_keys_from_env().values(),
+                                 *(_key_text(v) for v in args.export_public_key)]
+    result = verify_export(path, keys, export_public_keys=export_publics)
     manifest = result.manifest or {}
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -105,8 +127,6 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
         print(f"ok: {result.count} entries from {manifest.get('from')} to "
               f"{manifest.get('to')}; {chain}; {result.unsealed} not sealed yet; "
               f"status {result.status}")
-        for warning in result.warnings:
-            print(f"warning: {warning}")
         return result.exit_code
     for problem in result.problems:
         print(f"PROBLEM: {problem}")

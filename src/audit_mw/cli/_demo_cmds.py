@@ -57,7 +57,8 @@ def _prepare_database(args: argparse.Namespace) -> tuple[str, str, bool]:
 
 
 def _demo_keys(home: Path) -> None:
-    """A checkpoint key for the demo, unless one is configured; never for production."""
+    """A checkpoint key and an export key for the demo, unless configured; never for
+    production."""
     from audit_mw.integrity import generate_hmac_key  # noqa: PLC0415
 
     if not os.environ.get("AUDIT_HMAC_KEY"):
@@ -67,6 +68,15 @@ def _demo_keys(home: Path) -> None:
             key_file.write_text(generate_hmac_key("demo1"))
             key_file.chmod(0o600)
         os.environ["AUDIT_HMAC_KEY"] = key_file.read_text().strip()
+    if not os.environ.get("AUDIT_EXPORT_KEY"):
+        from audit_mw.integrity.keys import generate_signing_key  # noqa: PLC0415
+
+        export_file = home / "demo-export-key"
+        if not export_file.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            export_file.write_text(generate_signing_key()[0])
+            export_file.chmod(0o600)
+        os.environ["AUDIT_EXPORT_KEY"] = export_file.read_text().strip()
 
 
 def _seal_and_verify(dsn: str, checkpoint_file: Path) -> tuple[str, str]:

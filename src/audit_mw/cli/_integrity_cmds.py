@@ -31,6 +31,7 @@ def register(commands: Any) -> None:
                         "(default: $AUDIT_CHECKPOINT_FILE)")
     p.add_argument("--batch-size", type=int, default=50_000,
                    help="events per checkpoint (default 50000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_seal)
 
     p = commands.add_parser(
@@ -52,6 +53,10 @@ def register(commands: Any) -> None:
     p.add_argument("--kid", default="k1", help="key id for the HMAC key (default k1)")
     p.add_argument("--ed25519", action="store_true",
                    help="print an Ed25519 signing key pair instead")
+    p.add_argument("--export", action="store_true",
+                   help="print an Ed25519 export key pair (AUDIT_EXPORT_KEY for the web "
+                        "process, AUDIT_EXPORT_PUBLIC_KEYS for auditors)")
+    p.add_argument("--json", action="store_true", help="print the variables as one JSON object")
     p.set_defaults(handler=cmd_keygen)
 
 
@@ -77,6 +82,12 @@ def cmd_seal(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         result = seal(conn, keys, sinks=sinks, batch_size=args.batch_size)
         ensure_partitions_quietly(conn)
+    if args.json:
+        print(json.dumps({"busy": result.busy, "sealed": result.sealed,
+                          "checkpoints": [cp.seq for cp in result.checkpoints],
+                          "head_position": result.head_position,
+                          "chain_id": result.chain_id}))
+        return 0
     if result.busy:
         print("another sealer is running; nothing done")
         return 0
@@ -156,10 +167,17 @@ def _print_result(result: VerifyResult) -> None:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    if args.ed25519:
+    if args.export:
         private, public = generate_signing_key()
-        print(f"AUDIT_SIGNING_KEY={private}")
-        print(f"AUDIT_VERIFY_KEYS={public}")
+        found = {"AUDIT_EXPORT_KEY": private, "AUDIT_EXPORT_PUBLIC_KEYS": public}
+    elif args.ed25519:
+        private, public = generate_signing_key()
+        found = {"AUDIT_SIGNING_KEY": private, "AUDIT_VERIFY_KEYS": public}
     else:
-        print(f"AUDIT_HMAC_KEY={generate_hmac_key(args.kid)}")
+        found = {"AUDIT_HMAC_KEY": generate_hmac_key(args.kid)}
+    if args.json:
+        print(json.dumps(found))
+        return 0
+    for name, value in found.items():
+        print(f"{name}={value}")
     return 0

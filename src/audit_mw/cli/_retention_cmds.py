@@ -60,11 +60,13 @@ def register(commands: Any) -> None:
     q.add_argument("--record", help="record id of a record hold")
     q.add_argument("--user", help="app user id of a user hold")
     q.add_argument("--by", help="who places the hold (default: the database role)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(handler=cmd_hold_add)
     q = sub.add_parser("remove", help="release a hold (it stays on record)")
     q.add_argument("hold_id", type=int)
     q.add_argument("--reason", required=True)
     q.add_argument("--by", help="who releases the hold (default: the database role)")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(handler=cmd_hold_remove)
     q = sub.add_parser("list", help="the holds in force")
     q.add_argument("--all", action="store_true", help="include released holds")
@@ -76,6 +78,7 @@ def register(commands: Any) -> None:
     q = sub.add_parser("ensure", help="create the partitions of the coming months")
     q.add_argument("--months-ahead", type=int, default=MONTHS_AHEAD,
                    help=f"months after the current one (default {MONTHS_AHEAD})")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(handler=cmd_partitions_ensure)
     q = sub.add_parser("list", help="every partition with its range and size")
     q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -146,6 +149,9 @@ def cmd_hold_add(args: argparse.Namespace) -> int:
         hold_id = add_hold(conn, reason=args.reason, range_from=args.range_from,
                            range_to=args.range_to, table=args.table, record_id=args.record,
                            user_id=args.user, created_by=args.by)
+    if args.json:
+        print(json.dumps({"hold_id": hold_id, "placed": True}))
+        return 0
     print(f"legal hold {hold_id} placed")
     return 0
 
@@ -153,6 +159,9 @@ def cmd_hold_add(args: argparse.Namespace) -> int:
 def cmd_hold_remove(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         release_hold(conn, args.hold_id, reason=args.reason, released_by=args.by)
+    if args.json:
+        print(json.dumps({"hold_id": args.hold_id, "released": True}))
+        return 0
     print(f"legal hold {args.hold_id} released")
     return 0
 
@@ -177,6 +186,12 @@ def cmd_hold_list(args: argparse.Namespace) -> int:
 def cmd_partitions_ensure(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         result = ensure_partitions(conn, args.months_ahead)
+    failed = bool(result.rows_in_default or result.overlapping)
+    if args.json:
+        print(json.dumps({"created": list(result.created),
+                          "rows_in_default": list(result.rows_in_default),
+                          "overlapping": list(result.overlapping)}))
+        return 1 if failed else 0
     print(f"created {len(result.created)} partition(s)"
           + (f": {', '.join(result.created)}" if result.created else ""))
     for name in result.rows_in_default:

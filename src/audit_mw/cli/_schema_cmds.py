@@ -19,6 +19,7 @@ def register(commands: Any) -> None:
                    help="grant audit_writer (record app events) to ROLE; repeatable")
     p.add_argument("--reader-role", action="append", default=[], metavar="ROLE",
                    help="grant audit_reader (read the trail) to ROLE; repeatable")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_install)
 
     p = commands.add_parser("track", help="capture row changes of tables")
@@ -29,16 +30,19 @@ def register(commands: Any) -> None:
                    help="store this column as '[masked]'; repeatable")
     p.add_argument("--allow-no-primary-key", action="store_true",
                    help="track tables without a primary key (record_id is then NULL)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_track)
 
     p = commands.add_parser(
         "retrack", help="create the triggers of tracked tables again, with their recorded options")
     p.add_argument("tables", nargs="*", metavar="TABLE",
                    help="only these tracked tables (default: every tracked table)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_retrack)
 
     p = commands.add_parser("untrack", help="stop capturing row changes of tables")
     p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_untrack)
 
     p = commands.add_parser(
@@ -50,6 +54,10 @@ def register(commands: Any) -> None:
 def cmd_install(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         result = install(conn, writer_roles=args.writer_role, reader_roles=args.reader_role)
+    if args.json:
+        print(json.dumps({"version": result.version, "applied": list(result.applied),
+                          "owner": result.owner}))
+        return 0
     if result.applied:
         print(f"installed audit schema version {result.version} "
               f"(applied {', '.join(f'{v:04d}' for v in result.applied)}), owner {result.owner}")
@@ -75,20 +83,38 @@ def cmd_track(args: argparse.Namespace) -> int:
     if unknown:
         raise TrackingError(
             f"--exclude/--mask name tables not being tracked: {', '.join(sorted(unknown))}")
+    done = []
     with connect(args) as conn:
         for table in args.tables:
             tracked = track(conn, table, exclude=excluded.get(table, ()),
                             mask=masked.get(table, ()),
                             allow_no_primary_key=args.allow_no_primary_key)
-            print(f"tracking {_describe(tracked)}")
+            done.append(tracked)
+            if not args.json:
+                print(f"tracking {_describe(tracked)}")
+    if args.json:
+        print(json.dumps({"tracked": [_tracked_json(t) for t in done]}))
     return 0
 
 
 def cmd_retrack(args: argparse.Namespace) -> int:
+    done: list[TrackedTable] = []
+
+    def on_table(tracked: TrackedTable) -> None:
+        done.append(tracked)
+        if not args.json:
+            print(f"tracking again {_describe(tracked)}", flush=True)
+
     with connect(args) as conn:
-        retrack(conn, args.tables,
-                on_table=lambda tracked: print(f"tracking again {_describe(tracked)}", flush=True))
+        retrack(conn, args.tables, on_table=on_table)
+    if args.json:
+        print(json.dumps({"tracked": [_tracked_json(t) for t in done]}))
     return 0
+
+
+def _tracked_json(tracked: TrackedTable) -> dict[str, Any]:
+    return {"table": tracked.qualified_name, "key": list(tracked.key_columns),
+            "excluded": list(tracked.excluded), "masked": list(tracked.masked)}
 
 
 def _describe(tracked: TrackedTable) -> str:
@@ -105,7 +131,10 @@ def cmd_untrack(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         for table in args.tables:
             untrack(conn, table)
-            print(f"stopped tracking {table}")
+            if not args.json:
+                print(f"stopped tracking {table}")
+    if args.json:
+        print(json.dumps({"untracked": list(args.tables)}))
     return 0
 
 

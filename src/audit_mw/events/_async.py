@@ -19,14 +19,16 @@ from audit_mw.events._core import EventRecord, EventResult, EventSettings
 from audit_mw.events._outcome import (
     ReplayResult,
     check_target,
+    is_transient,
     mark_spooled,
     parse_lines,
+    reject,
     replay_error,
     spooled,
     stored,
     write_failed,
 )
-from audit_mw.events.spool import Spool
+from audit_mw.events.spool import Spool, SpoolBatch
 
 __all__ = ["AsyncDatabase", "replay", "write"]
 
@@ -68,7 +70,9 @@ async def write(
     try:
         row = await _store(db, record, in_transaction=in_transaction, settings=settings)
     except psycopg.Error as exc:
-        spool = None if in_transaction else settings.spool
+        # Only a failure that can pass is spooled: a permanent one would block the spool
+        # and fail again on every replay, so it is the caller's to handle, now.
+        spool = None if in_transaction or not is_transient(exc) else settings.spool
         if spool is not None:
             try:
                 spool.append(mark_spooled(record).to_json())
@@ -80,7 +84,7 @@ async def write(
     if settings.spool is not None and not in_transaction and settings.spool.has_pending():
         try:
             await replay(db, settings.spool, settings=settings, wait=False)
-        except OSError as exc:  # the event is stored; the spool stays for the next try
+        except Exception as exc:
             replay_error(settings.spool, settings, exc)
     return result
 
@@ -99,7 +103,15 @@ async def replay(
         try:
             for start in range(0, len(records), _BATCH):
                 chunk = records[start:start + _BATCH]
-                rows = await _store_many(db, [r for _, r in chunk], settings)
+                try:
+                    rows = await _store_many(db, [r for _, r in chunk], settings)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    # Something in the chunk is refused for good: one by one, so that
+                    # everything else is stored and only that record is set aside.
+                    await _store_each(db, chunk, batch, result, settings)
+                    continue
                 for (index, _), row in zip(chunk, rows, strict=True):
                     batch.stored(index)
                     result.count(row)
@@ -107,6 +119,22 @@ async def replay(
             result.error = exc
         result.pending = batch.pending
     return result.report(spool, settings)
+
+
+async def _store_each(
+    db: AsyncDatabase, chunk: list[tuple[int, EventRecord]], batch: SpoolBatch,
+    result: ReplayResult, settings: EventSettings,
+) -> None:
+    for index, record in chunk:
+        try:
+            row = (await _store_many(db, [record], settings))[0]
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            reject(batch, index, record, exc, settings=settings, result=result)
+        else:
+            batch.stored(index)
+            result.count(row)
 
 
 async def _store_many(

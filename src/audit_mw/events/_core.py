@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from audit_mw.context import current, is_valid_request_id
 from audit_mw.errors import ConfigurationError
-from audit_mw.events.redaction import DEFAULT_REDACTOR, JSONValue, Redactor
+from audit_mw.events.redaction import DEFAULT_REDACTOR, JSONValue, Redactor, clean_text
 from audit_mw.events.spool import Spool
 from audit_mw.web._request import ANONYMOUS
 
@@ -232,7 +232,9 @@ class EventRecord:
         if not isinstance(params, dict) or set(params) != _PARAM_NAMES:
             raise ValueError("not an audit_mw event record")
         uuid.UUID(str(params["event_id"]))
-        return cls(params)
+        # Cleaned again: a line spooled by an older version, or edited, may hold what no
+        # database accepts (a lone surrogate, a NUL), and must not make a replay raise.
+        return cls({k: clean_text(v) if isinstance(v, str) else v for k, v in params.items()})
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,10 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
+import psycopg
+import psycopg_pool
 from psycopg import pq
 
 from audit_mw.errors import ConfigurationError, EventWriteError
@@ -23,9 +25,11 @@ from audit_mw.events.spool import Spool, SpoolBatch
 __all__ = [
     "ReplayResult",
     "check_target",
+    "is_transient",
     "mark_spooled",
     "parse_line",
     "parse_lines",
+    "reject",
     "replay_error",
     "spooled",
     "stored",
@@ -73,6 +77,33 @@ def check_target(
     raise ConfigurationError(f"events are written to a {names}, not {type(db).__name__}")
 
 
+#: SQLSTATEs of failures that pass: the server is shutting down or starting (57P01-57P03),
+#: out of resources or connection slots (class 53), a statement cancelled by a timeout
+#: (57014), a serialisation failure or deadlock (40001, 40P01). Class 08 (connection
+#: exceptions) is matched by its prefix.
+_TRANSIENT_STATES: Final = frozenset({"57P01", "57P02", "57P03", "57014", "40001", "40P01"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure to store an event can pass, so that spooling it makes sense.
+
+    Transient: the connection could not be made or was lost (an ``OperationalError`` with
+    no SQLSTATE: the server never answered), SQLSTATE class 08 or 53, the server shutting
+    down, a timeout, a serialisation failure; a pool timeout or a pool queue that is full.
+    Everything else (a constraint, a value the database refuses, a missing function or
+    privilege) is permanent: it would fail the same way on every replay, so it is raised at
+    once and never spooled.
+    """
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith(("08", "53")) or state in _TRANSIENT_STATES
+
+
 def _error_text(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return clean_text(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
@@ -103,7 +134,12 @@ def write_failed(record: EventRecord, settings: EventSettings, exc: BaseExceptio
         fields["spool_error"] = _error_text(spool_error)
     emit(settings.logger, "error", "audit_mw.event_write_failed", **fields,
          error=_error_text(exc))
-    where = " and could not be spooled" if spool_error is not None else ""
+    if spool_error is not None:
+        where = " and could not be spooled"
+    elif not is_transient(exc):
+        where = " (the database refused it; not spooled, it would fail again)"
+    else:
+        where = ""
     return EventWriteError(
         f"could not store the {record.params['kind']} event {record.params['action']!r}"
         f" (event_id {record.event_id}){where}: {_error_text(exc)}"
@@ -122,6 +158,17 @@ def mark_spooled(record: EventRecord) -> EventRecord:
     params["context_extra"] = json.dumps(extra, separators=(",", ":"), ensure_ascii=False,
                                          sort_keys=True)
     return EventRecord(params)
+
+
+def reject(batch: SpoolBatch, index: int, record: EventRecord, exc: BaseException, *,
+           settings: EventSettings, result: ReplayResult) -> None:
+    """A spooled record the database refuses for good: set it aside with the reason, log
+    it, and go on with the others (it must never block the spool)."""
+    reason = _error_text(exc)
+    batch.rejected(index, reason)
+    result.rejected += 1
+    emit(settings.logger, "error", "audit_mw.spool_record_rejected",
+         **record.log_fields(), error=reason)
 
 
 def parse_lines(batch: SpoolBatch, settings: EventSettings,
@@ -154,7 +201,8 @@ def parse_line(line: str, settings: EventSettings) -> EventRecord | None:
 @dataclass
 class ReplayResult:
     """What a replay did: events ``stored`` now, ``duplicates`` (already stored, skipped),
-    lines ``rejected`` (unreadable, moved to ``<spool>.rejected``), lines still
+    lines ``rejected`` (unreadable, or refused by the database for good: moved to
+    ``<spool>.rejected``, with the reason for the latter), lines still
     ``pending`` (the database failed again: ``error``), or ``skipped`` (another replay
     was running)."""
 

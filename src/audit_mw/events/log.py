@@ -13,7 +13,8 @@ Vocabulary name) and the outcome:
 - ``audit_mw.event_write_failed`` (error): the event could not be stored and was not
   spooled; the call raised :class:`~audit_mw.errors.EventWriteError`. Alert on it;
 - ``audit_mw.spool_replayed`` (info) / ``audit_mw.spool_replay_failed`` (error) /
-  ``audit_mw.spool_line_rejected`` (error): replay progress and trouble.
+  ``audit_mw.spool_line_rejected`` (error) / ``audit_mw.spool_record_rejected`` (error):
+  replay progress and trouble.
 
 The values were cleaned and redacted before they got here (see :mod:`audit_mw.events.redaction`):
 none holds a control character, so even a line-oriented renderer cannot be made to split

@@ -16,9 +16,11 @@ Two rules, applied together:
 - **by value**: in every string anywhere in an event (metadata values at any depth, list
   items, the reason, the user agent, resource ids, the attempted login name), and in
   integers in metadata, text that looks like a secret is replaced: JWTs, ``Bearer``/``Basic``
-  credentials, ``password=...``-style pairs, card numbers (13 to 19 digits, with or without
-  spaces or dashes, that pass the Luhn check) and US social security numbers written
-  ``123-45-6789``. See :data:`DEFAULT_PATTERNS`.
+  credentials, private-key blocks, credentials in URLs, the token formats secret scanners
+  know by their prefix (AWS, GitHub, GitLab, Stripe, Slack, Telegram, Google, OpenAI ...),
+  ``password=...``-style pairs (a quoted value whole), card numbers (13 to 19 digits, with
+  or without spaces or dashes, that pass the Luhn check) and US social security numbers
+  written ``123-45-6789``. See :data:`DEFAULT_PATTERNS`.
 
 A secret written free-form into a sentence ("my password is hunter2") cannot be recognised
 by any rule; keep secrets out of free text. Extend the rules with :meth:`Redactor.extended`.
@@ -54,12 +56,17 @@ REDACTED: Final = "[redacted]"
 
 #: Substrings of a normalised key (lower case, letters and digits only) that name a secret.
 SECRET_KEY_PARTS: Final = frozenset({
-    "password", "passwd", "passphrase", "secret", "token", "authorization", "cookie",
-    "apikey", "cardnumber", "creditcard", "privatekey", "credential", "sessionid",
+    "password", "passwd", "passphrase", "passcode", "secret", "token", "authorization",
+    "cookie", "apikey", "accesskey", "cardnumber", "creditcard", "privatekey", "credential",
+    "sessionid", "sessionkey", "securitycode", "mfacode", "otpcode", "totp", "authcode",
+    "recoverycode", "backupcode", "verificationcode", "pincode", "signingkey", "encryptionkey",
 })
 
 #: Whole words of a key that name a secret (too short to match as substrings).
-SECRET_KEY_WORDS: Final = frozenset({"ssn", "cvv", "cvv2", "cvc", "pin", "pwd", "pan", "otp"})
+SECRET_KEY_WORDS: Final = frozenset({
+    "ssn", "cvv", "cvv2", "cvc", "pin", "pwd", "pan", "otp", "pass", "pw", "session", "sid",
+    "mfa", "2fa", "jwt", "csrf", "xsrf", "hotp",
+})
 
 # How deep metadata may nest, and how many items a container may hold, before the rest is
 # cut: an event is a record, not a data dump, and redaction must stay cheap.
@@ -77,16 +84,20 @@ _ANSI_RE: Final = re.compile(
     r"|\x9b[0-?]*[ -/]*[@-~]"           # 8-bit CSI
     r"|\x1b[@-_]?"                      # other two-character escapes, or a lone ESC
 )
+# Lone surrogates (U+D800-U+DFFF) are replaced too: JSON and Python let them through, but
+# they cannot be encoded as UTF-8, so an event holding one could be neither stored nor spooled.
 _CONTROL_RE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff]"
 )
 
 
 def clean_text(value: str) -> str:
     """``value`` without ANSI escapes and with every control character replaced by U+FFFD.
 
-    CR, LF, TAB, NUL, DEL, C1 controls, U+2028/U+2029 and bidi overrides are all replaced:
-    a cleaned value is always one line of printable text.
+    CR, LF, TAB, NUL, DEL, C1 controls, U+2028/U+2029, bidi overrides and lone surrogates
+    are all replaced: a cleaned value is always one line of printable text that encodes as
+    UTF-8 and that PostgreSQL accepts (no NUL).
     """
     if value.isprintable():
         return value
@@ -144,6 +155,27 @@ def _keep_key(match: re.Match[str]) -> str:
     return f"{match.group(1)}{match.group(2)}{REDACTED}"
 
 
+def _keep_key_quoted(match: re.Match[str]) -> str:
+    # The whole value goes, spaces included: "password": "hunter 2 x" leaves no " 2 x".
+    value = match.group(3)
+    quote = value[0] if value[:1] in ("\"", "'") else ""
+    return f"{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
+
+
+def _prefixed(name: str, regex: str) -> Pattern:
+    return Pattern(name, re.compile(regex), _fixed(f"[redacted:{name}]"))
+
+
+# Key names of secret pairs in free text (key=value, key: value, "key": "value").
+_PAIR_KEYS: Final = (
+    r"(?:new_?|old_?|current_?|confirm_?)?(?:password|passwd|pass|pwd|pw|passphrase|passcode"
+    r"|secret(?:[_-]?key)?|api[_-]?key|api[_-]?secret|access[_-]?key(?:[_-]?id)?"
+    r"|access[_-]?token|refresh[_-]?token|auth[_-]?token|id[_-]?token|token|client[_-]?secret"
+    r"|private[_-]?key|session(?:[_-]?(?:id|key|token))?|sid|cookie|security[_-]?code"
+    r"|mfa(?:[_-]?code)?|otp(?:[_-]?code)?|totp|pin(?:[_-]?code)?|cvv|cvc)"
+)
+
+
 #: The value rules applied to every string of an event, in this order.
 DEFAULT_PATTERNS: Final = (
     # A JWT: base64url header that starts with '{"' (eyJ), payload, optional signature.
@@ -152,15 +184,42 @@ DEFAULT_PATTERNS: Final = (
     # HTTP credentials: "Bearer abc...", "Basic dXNlcjpwYXNz".
     Pattern("bearer", re.compile(r"(?i)\b(bearer|basic|token)(\s+)[A-Za-z0-9._~+/=-]{6,}"),
             _keep_key),
-    # key=value / key: value / "key": "value" pairs whose key names a secret.
+    # A private key block (its line breaks are U+FFFD by now), cut off or whole.
+    Pattern("private_key", re.compile(
+        r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----.*?"
+        r"(?:-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|$)", re.DOTALL),
+        _fixed("[redacted:private_key]")),
+    # Credentials in a URL: scheme://user:password@host keeps the user, not the password.
+    Pattern("url_credentials",
+            re.compile(r"(?i)\b([a-z][a-z0-9+.-]{1,20}://[^\s:/@?#]*:)[^\s@/?#]+(@)"),
+            lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}"),
+    # Token formats secret scanners know by their prefix.
+    _prefixed("aws_key", r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA"
+                         r"|ASCA)[A-Z0-9]{16}\b"),
+    _prefixed("github_token", r"\b(?:gh[pousr]_[A-Za-z0-9]{30,255}"
+                              r"|github_pat_[A-Za-z0-9_]{22,255})\b"),
+    _prefixed("gitlab_token", r"\bgl(?:pat|dt|ptt|rt|cbt)-[A-Za-z0-9_-]{20,}"),
+    _prefixed("stripe_key", r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}\b"
+                            r"|\bwhsec_[A-Za-z0-9]{20,}\b"),
+    _prefixed("slack_token", r"\bxox[abposre]-[A-Za-z0-9-]{10,}"
+                             r"|hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),
+    _prefixed("telegram_bot_token", r"\b[0-9]{8,10}:AA[A-Za-z0-9_-]{33}(?![A-Za-z0-9_-])"),
+    _prefixed("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])"
+                                r"|\bya29\.[0-9A-Za-z_-]{20,}"),
+    _prefixed("api_key", r"\b(?:sk-(?:proj-|ant-|live-)?[A-Za-z0-9_-]{20,}"
+                         r"|npm_[A-Za-z0-9]{36}|pypi-AgE[A-Za-z0-9_-]{50,}"
+                         r"|SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}"
+                         r"|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}|dop_v1_[a-f0-9]{64}"
+                         r"|hvs\.[A-Za-z0-9_-]{24,}|sq0(?:atp|csp)-[A-Za-z0-9_-]{22,})"),
+    # key=value / key: value / "key": "value" pairs whose key names a secret: the whole
+    # value, quoted values with their spaces.
     Pattern(
         "secret_pair",
         re.compile(
-            r"(?i)\b((?:new_?|old_?|current_?)?(?:password|passwd|pwd|passphrase|secret"
-            r"|api[_-]?key|access[_-]?token|refresh[_-]?token|token|client[_-]?secret"
-            r"|session[_-]?id|cookie)\"?)(\s*[=:]\s*\"?)[^\s\"',;&}]+"
+            r"(?i)(?<![A-Za-z0-9])(" + _PAIR_KEYS + r"\"?)(\s*[=:]\s*)"
+            r"(\"[^\"]*\"?|'[^']*'?|[^\s\"',;&}]+)"
         ),
-        _keep_key,
+        _keep_key_quoted,
     ),
     # Card numbers: 13-19 digits, optionally separated by single spaces or dashes, Luhn-valid.
     Pattern("card", re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])"), _card),

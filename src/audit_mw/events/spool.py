@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 __all__ = ["Spool", "SpoolBatch"]
@@ -63,14 +65,22 @@ class SpoolBatch:
     torn: list[str] = field(default_factory=list)
     _stored: set[int] = field(default_factory=set)
     _rejected: dict[int, str] = field(default_factory=dict)
+    _reasons: dict[int, str] = field(default_factory=dict)
 
     def stored(self, index: int) -> None:
         """Line ``index`` is in the database: drop it from the spool."""
         self._stored.add(index)
 
-    def rejected(self, index: int) -> None:
-        """Line ``index`` can never be stored: move it to the ``.rejected`` file."""
+    def rejected(self, index: int, reason: str | None = None) -> None:
+        """Line ``index`` can never be stored: move it to the ``.rejected`` file.
+
+        Without ``reason`` (a line that cannot be read) the line is moved as it is; with
+        one (a record the database refuses) the ``.rejected`` file gets a JSON line
+        ``{"rejected": REASON, "at": TIME, "line": LINE}``.
+        """
         self._rejected[index] = self.lines[index]
+        if reason is not None:
+            self._reasons[index] = reason
 
     @property
     def pending(self) -> int:
@@ -186,7 +196,12 @@ class Spool:
     def _compact(self, batch: SpoolBatch) -> None:
         if not batch._stored and not batch._rejected and not batch.torn:
             return
-        to_reject = [*batch._rejected.values(), *batch.torn]
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        to_reject = [
+            line if i not in batch._reasons else json.dumps(
+                {"rejected": batch._reasons[i], "at": at, "line": line}, ensure_ascii=True)
+            for i, line in batch._rejected.items()]
+        to_reject += batch.torn
         if to_reject:
             fd = os.open(self.rejected_path,
                          os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)

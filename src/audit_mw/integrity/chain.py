@@ -43,8 +43,10 @@ _sha256 = hashlib.sha256
 #: The "previous hash" of position 1.
 GENESIS = bytes(32)
 
-KINDS = ("modified", "missing", "inserted", "reordered", "truncated", "rolled_back",
-         "bad_checkpoint", "unknown_key")
+KINDS = ("modified", "duplicate", "missing", "inserted", "reordered", "truncated",
+         "rolled_back", "bad_checkpoint", "unknown_key", "key_mismatch")
+#: Findings that say "could not check", not "altered": any other finding wins over them.
+KEY_KINDS = frozenset({"unknown_key", "key_mismatch"})
 # At one position, the more specific finding wins.
 _PRIORITY = {kind: n for n, kind in enumerate(KINDS)}
 
@@ -90,7 +92,7 @@ class VerifyResult:
         """``valid``, ``valid_unanchored``, ``tampered`` or ``unverifiable``."""
         if self.valid:
             return "valid" if self.anchored else "valid_unanchored"
-        return "unverifiable" if self.kind == "unknown_key" else "tampered"
+        return "unverifiable" if self.kind in KEY_KINDS else "tampered"
 
     @property
     def exit_code(self) -> int:
@@ -165,7 +167,10 @@ class Verifier:
         if anchors is not None:
             self._check_anchors(anchors, keys)
             self._compare_with_anchors()
-        self.limit = min((f.position for f in self.findings), default=None)
+        # A key that is not given or does not match stops nothing: the walk goes on, so that
+        # altered content is still reported as such (it wins over "cannot verify").
+        self.limit = min((f.position for f in self.findings if f.kind not in KEY_KINDS),
+                         default=None)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -174,12 +179,19 @@ class Verifier:
     ) -> None:
         prev_pos = self.start_position
         expected_seq = start.seq + 1 if start else 1
+        mismatch = _wrong_secret(
+            [cp for cp in checkpoints if start is None or cp.seq > start.seq], keys)
         for cp in checkpoints:
             if start is not None and cp.seq <= start.seq:
                 continue
             first = prev_pos + 1
             self._ids.setdefault(first, None)
             problem = cp.problem(keys)
+            if problem is not None and mismatch:
+                problem = ("key_mismatch",
+                           f"checkpoint {cp.seq}: the HMAC key given as {cp.key_id!r} does not "
+                           "match: no checkpoint authenticates with it (a wrong secret for "
+                           "this key id, or every checkpoint was forged)")
             if problem is None and cp.chain_id != self.chain_id:
                 problem = ("bad_checkpoint",
                            f"checkpoint {cp.seq} belongs to chain {cp.chain_id}")
@@ -268,6 +280,11 @@ class Verifier:
     ) -> bool:
         """:meth:`feed` with the content already encoded (see ``canonical.encode_fields``)."""
         expected = self.position + 1
+        if position == self.position and position > self.start_position:
+            self._found("duplicate", position, event_id,
+                        f"chain position {position} comes twice: event {event_id} is there "
+                        "twice (a duplicate was added)")
+            return False
         if position != expected:
             self._found("missing", expected, None,
                         f"chain position {expected} is missing")
@@ -367,7 +384,8 @@ class Verifier:
     ) -> VerifyResult:
         """The result, after the last entry. ``complete`` is false when the walk stopped early."""
         head = self.position
-        if complete and self.limit is None:
+        key_problem = any(f.kind in KEY_KINDS for f in self.findings)
+        if complete and self.limit is None and not key_problem:
             if self.last_checkpoint_position > head:
                 self._found("truncated", head + 1, None,
                             f"the chain ends at position {head}, its checkpoints reach "
@@ -386,7 +404,9 @@ class Verifier:
                             f"the chain ends at position {head}; the checkpoint file "
                             f"vouches for {self._anchor_max} entries")
         if self.findings:
-            first = min(self.findings, key=lambda f: (f.position, _PRIORITY[f.kind]))
+            altered = [f for f in self.findings if f.kind not in KEY_KINDS]
+            first = min(altered or self.findings,
+                        key=lambda f: (f.position, _PRIORITY[f.kind]))
             event_id = first.event_id
             if event_id is None:
                 event_id = self._ids.get(first.position) or (event_ids or {}).get(first.position)
@@ -410,6 +430,17 @@ class Verifier:
             checkpoints=self.checkpoints, head_position=head, chain_id=self.chain_id,
             anchored_position=self._anchor_max if anchored else None,
             warnings=tuple(self.warnings))
+
+
+def _wrong_secret(checkpoints: Sequence[Checkpoint], keys: KeyRing) -> bool:
+    """Whether the HMAC key given for the checkpoints' key id is simply the wrong one: every
+    checkpoint names a key id we hold and not one of them authenticates with it. One forged
+    checkpoint among good ones is tampering; all of them failing is a key that does not
+    match (reported as such, exit 2, unless the content was altered too)."""
+    if not checkpoints or not keys.hmac_keys:
+        return False
+    return all(cp.key_id in keys.hmac_keys and cp.problem(keys) == (
+        "bad_checkpoint", f"checkpoint {cp.seq}: HMAC does not match") for cp in checkpoints)
 
 
 def verify_entries(

@@ -156,6 +156,7 @@ def _seal_locked(
     while max_batches is None or batches < max_batches:
         with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             cur.execute(_sql.query("integrity", "repeatable_read"))
+            cur.execute(_sql.query("integrity", "pin_session"))
             chain_id, head, last_cp = _state(cur, keys)
             if horizon is None:
                 _catch_up_sinks(cur, sinks, chain_id, last_cp)

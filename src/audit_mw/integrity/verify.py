@@ -112,6 +112,7 @@ def _verify(
         raise VerificationError("verify needs a connection that is not inside a transaction")
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("integrity", "read_only_snapshot"))
+        cur.execute(_sql.query("integrity", "pin_session"))
         cur.execute(_sql.query("integrity", "stream_work_mem"))
         check_event_columns(conn)
         cur.execute(_sql.query("integrity", "chain_id"))
@@ -219,11 +220,20 @@ def _walk(
 
 
 def _classify_mismatch(cur: psycopg.Cursor[dict[str, Any]], verifier: Verifier) -> None:
+    last = verifier.findings[-1]
+    # Two rows with the sealed event's id: a copy was added (it may come first in the walk).
+    if last.event_id is not None:
+        cur.execute(_sql.query("integrity", "event_id_count"), {"id": last.event_id})
+        copies = cur.fetchone()
+        if copies is not None and int(copies["n"]) > 1:
+            verifier.reclassify(
+                "duplicate", f"event {last.event_id} at position {last.position} is there "
+                f"{copies['n']} times (a duplicate was added)")
+            return
     # Content that was sealed at another position: the entry moved, it was not rewritten.
     cur.execute(_sql.query("integrity", "chain_position_of_content"),
                 {"hash": verifier.mismatch})
     found = cur.fetchone()
-    last = verifier.findings[-1]
     if found is not None and found["position"] != last.position:
         verifier.reclassify(
             "reordered", f"event {last.event_id} at position {last.position} was sealed at "

@@ -242,6 +242,7 @@ def _drop_one(
     name = decision.partition
     assert decision.range_to is not None  # expired partitions have an upper bound  # noqa: S101
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_sql.query("integrity", "pin_session"))
         # No seal runs between reading the chain here and the drop.
         cur.execute(_sql.query("retention", "seal_lock"))
         stats = _stats(cur, name)

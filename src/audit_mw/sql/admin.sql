@@ -6,9 +6,14 @@
 
 -- name: read_only
 -- Reads run in a read-only transaction, in UTC (row_to_json prints timestamptz in the
--- session time zone), and may not run longer than the app allows.
+-- session time zone), with the output settings pinned (as integrity.sql's pin_session), and
+-- may not run longer than the app allows.
 SELECT pg_catalog.set_config('transaction_read_only', 'on', true),
        pg_catalog.set_config('TimeZone', 'UTC', true),
+       pg_catalog.set_config('DateStyle', 'ISO, YMD', true),
+       pg_catalog.set_config('IntervalStyle', 'postgres', true),
+       pg_catalog.set_config('extra_float_digits', '1', true),
+       pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
        pg_catalog.set_config('statement_timeout', %(timeout_ms)s, true);
 
 -- name: events_page
@@ -51,6 +56,12 @@ ORDER BY a.attnum;
 -- name: export_snapshot
 -- An export reads one snapshot, so that its count and its rows agree.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
+
+-- name: export_limits
+-- An export may take long, but not forever, and may not sit in an open transaction while a
+-- client does not read: the server ends the session (and its transaction) after idle_ms.
+SELECT pg_catalog.set_config('statement_timeout', %(total_ms)s, true),
+       pg_catalog.set_config('idle_in_transaction_session_timeout', %(idle_ms)s, true);
 
 -- name: export_rows
 -- In chain order, (txid, id): the sealed events first, in chain position order (the order

@@ -131,6 +131,18 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ;
 -- name: read_only_snapshot
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY;
 
+-- name: pin_session
+-- The settings the canonical texts and checkpoint timestamps depend on, pinned for this
+-- transaction whatever the session (or PGTZ, PGDATESTYLE, ALTER ROLE ... SET) chose: a POSIX
+-- zone such as 'UTC+14' redefines the name UTC that AT TIME ZONE 'UTC' looks up, DateStyle
+-- and IntervalStyle change date and interval text, extra_float_digits float text, and a
+-- search_path with a schema before pg_catalog could shadow an operator.
+SELECT pg_catalog.set_config('TimeZone', 'UTC', true),
+       pg_catalog.set_config('DateStyle', 'ISO, YMD', true),
+       pg_catalog.set_config('IntervalStyle', 'postgres', true),
+       pg_catalog.set_config('extra_float_digits', '1', true),
+       pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
 -- name: stream_work_mem
 -- The ordered stream sorts wide rows; the default 4MB spills them to disk.
 SET LOCAL work_mem = '64MB';
@@ -213,6 +225,11 @@ FROM audit.chain AS c
 JOIN audit.events AS e ON e.id = c.event_id
 WHERE c.position > %(after)s
 ORDER BY c.position;
+
+-- name: event_id_count
+-- How many rows carry one event id (the primary key is (id, occurred_at): a forged copy
+-- with another timestamp can share the id).
+SELECT pg_catalog.count(*) AS n FROM audit.events WHERE id = %(id)s;
 
 -- name: chain_position_of_content
 SELECT position FROM audit.chain WHERE content_hash = %(hash)s ORDER BY position LIMIT 1;
