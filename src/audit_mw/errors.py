@@ -10,6 +10,8 @@ Every error the package raises on purpose derives from :class:`AuditError`::
      +-- VerificationError      verification could not run (not: "the chain is broken")
      +-- QueryError             bad input to the query/export API (a 400 in the admin routes)
      +-- RetentionError         a retention policy or legal hold request was refused
+     +-- ArchiveError           an archive could not be written or read (not: "it is tampered")
+     +-- StreamError            the live stream cannot go on (a sink refused, bad state file)
 
 Messages are lower-case, say what was wrong and, where it helps, what to do about it.
 """
@@ -17,12 +19,14 @@ Messages are lower-case, say what was wrong and, where it helps, what to do abou
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveError",
     "AuditError",
     "ConfigurationError",
     "EventWriteError",
     "QueryError",
     "RetentionError",
     "SchemaError",
+    "StreamError",
     "TrackingError",
     "VerificationError",
 ]
@@ -69,3 +73,11 @@ class QueryError(AuditError):
 
 class RetentionError(AuditError):
     """A retention policy, legal hold or partition drop was refused (nothing was dropped)."""
+
+
+class ArchiveError(AuditError):
+    """An archive could not be written, read back or reached (storage, missing extra)."""
+
+
+class StreamError(AuditError):
+    """The live stream cannot go on: a sink refused the events, or its state is unusable."""

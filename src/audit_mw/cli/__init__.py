@@ -25,12 +25,14 @@ import structlog
 
 from audit_mw.cli import (
     _admin_cmds,
+    _archive_cmds,
     _demo_cmds,
     _events_cmds,
     _integrity_cmds,
     _retention_cmds,
     _schema_cmds,
     _server_cmds,
+    _stream_cmds,
 )
 from audit_mw.errors import AuditError
 
@@ -39,7 +41,7 @@ __all__ = ["main"]
 # Each module exposes register(subparsers); order is the order of `audit-mw --help`.
 COMMAND_MODULES = (
     _schema_cmds, _server_cmds, _events_cmds, _integrity_cmds, _admin_cmds, _retention_cmds,
-    _demo_cmds,
+    _archive_cmds, _stream_cmds, _demo_cmds,
 )
 
 

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from audit_mw.capture.partitions import MONTHS_AHEAD, ensure_partitions, list_partitions
+from audit_mw.cli._archive_cmds import add_storage_option, storage_options
 from audit_mw.cli._connect import connect
 from audit_mw.errors import RetentionError
 from audit_mw.integrity.keys import KeyRing
@@ -43,6 +44,10 @@ def register(commands: Any) -> None:
         q.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "apply":
             q.add_argument("--dry-run", action="store_true", help="decide, drop nothing")
+            q.add_argument("--archive", metavar="URL",
+                           help="archive each partition to Parquet (a folder or an fsspec URL) "
+                                "and verify it before dropping; see `audit-mw archive`")
+            add_storage_option(q, "--archive-option")
             q.add_argument("--archive-dir", metavar="DIR",
                            help="write each partition as a verifiable export before dropping")
             q.add_argument("--checkpoint-file", default=os.environ.get("AUDIT_CHECKPOINT_FILE"),
@@ -107,6 +112,7 @@ def _result_json(result: RetentionResult) -> dict[str, Any]:
         "dropped": list(result.dropped),
         "retention_checkpoints": [c.seq for c in result.checkpoints],
         "archives": [str(a) for a in result.archives],
+        "parquet_archives": [a.url for a in result.archived],
     }
 
 
@@ -115,6 +121,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
         raise RetentionError(f"no retention policy: pass --policy or set ${POLICY_ENV}")
     policy = parse_policy(args.policy)
     with connect(args) as conn:
+        conn.autocommit = True  # each drop (and each archived month) is its own transaction
         if not args.apply:
             result = plan_retention(conn, policy, now=args.now, force=args.force)
         else:
@@ -127,7 +134,8 @@ def cmd_retention(args: argparse.Namespace) -> int:
             keys = None if args.dry_run else KeyRing.from_env()
             result = apply_retention(
                 conn, policy, keys, now=args.now, dry_run=args.dry_run, force=args.force,
-                sinks=sinks, archive_dir=args.archive_dir,
+                sinks=sinks, archive_dir=args.archive_dir, archive=args.archive,
+                archive_options=storage_options(args.storage_options),
                 checkpoint_file=args.checkpoint_file)
     if args.json:
         print(json.dumps(_result_json(result), indent=2))

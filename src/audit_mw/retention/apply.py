@@ -5,7 +5,10 @@ run). :func:`apply_retention` then, for each partition to drop, oldest first:
 
 1. (once) verifies the chain, and drops nothing if it does not verify: a retention
    checkpoint must never bless a tampered range;
-2. optionally writes the partition as a verifiable export (``archive_dir``);
+2. optionally archives the partition: to the Parquet archive (``archive``, a folder or any
+   fsspec URL; see :mod:`audit_mw.archive`), where it is written, read back and verified
+   against the chain before anything is dropped, and/or as a verifiable export
+   (``archive_dir``);
 3. in one transaction, under the sealer's lock: records an authenticated retention checkpoint
    (range, row count, the chain positions of its events, the last of them and the entry hash
    there), records a ``retention_applied`` admin event, and calls ``audit.drop_partition``,
@@ -20,7 +23,7 @@ partition is never dropped. A policy shorter than 12 months is refused unless fo
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,6 +83,7 @@ class RetentionResult:
     dropped: tuple[str, ...] = ()
     checkpoints: tuple[RetentionCheckpoint, ...] = ()
     archives: tuple[Path, ...] = field(default=())
+    archived: tuple[Any, ...] = field(default=())
 
     @property
     def to_drop(self) -> tuple[PartitionDecision, ...]:
@@ -162,6 +166,8 @@ def apply_retention(
     force: bool = False,
     sinks: Sequence[RetentionSinkLike] = (),
     archive_dir: str | Path | None = None,
+    archive: str | None = None,
+    archive_options: Mapping[str, Any] | None = None,
     checkpoint_file: str | Path | None = None,
     verify_first: bool = True,
     actor: str | None = None,
@@ -170,7 +176,9 @@ def apply_retention(
 
     ``keys`` (default :meth:`KeyRing.from_env`) must hold the HMAC key the checkpoints are
     authenticated with. ``conn`` must not be inside a transaction. ``checkpoint_file`` is
-    passed to the verification that runs first. Raises
+    passed to the verification that runs first. ``archive`` (a folder or fsspec URL, with
+    ``archive_options`` for its filesystem) archives each partition to Parquet first; a
+    partition whose archive does not verify is not dropped. Raises
     :class:`~audit_mw.errors.RetentionError` when the policy is refused or the chain does not
     verify (nothing is dropped then).
     """
@@ -191,12 +199,19 @@ def apply_retention(
     dropped: list[str] = []
     issued: list[RetentionCheckpoint] = []
     archives: list[Path] = []
+    archived: list[Any] = []
     for decision in plan.to_drop:
-        archive = None
+        written = None
+        if archive is not None:
+            month = _parquet(conn, decision, archive, keys, archive_options)
+            archived.append(month)
+            written = (month.count, month.positions, month.url)
+        export = None
         if folder is not None:
-            archive = _archive(conn, decision, folder, keys)
-            archives.append(archive)
-        cp = _drop_one(conn, decision, policy=policy, keys=keys, archive=archive, actor=actor)
+            export = _archive(conn, decision, folder, keys)
+            archives.append(export)
+        cp = _drop_one(conn, decision, policy=policy, keys=keys, archive=export,
+                       parquet=written, actor=actor)
         dropped.append(decision.partition)
         issued.append(cp)
         for sink in sinks:
@@ -208,7 +223,25 @@ def apply_retention(
                     f"{cp.seq} is committed, but it could not be written to its sink ({exc}); "
                     "copy it from audit.retention_checkpoints") from exc
     return RetentionResult(policy, plan.now, plan.cutoff, False, plan.decisions,
-                           tuple(dropped), tuple(issued), tuple(archives))
+                           tuple(dropped), tuple(issued), tuple(archives), tuple(archived))
+
+
+def _parquet(conn: psycopg.Connection[Any], decision: PartitionDecision, url: str,
+             keys: KeyRing, options: Mapping[str, Any] | None) -> Any:
+    # Imported here: the archive's dependencies are an extra (audit-mw[archive]).
+    from audit_mw.archive.write import archive_partition  # noqa: PLC0415
+    from audit_mw.errors import ArchiveError  # noqa: PLC0415
+
+    try:
+        month = archive_partition(conn, decision.partition, url, keys,
+                                  storage_options=options)
+    except ArchiveError as exc:
+        raise RetentionError(f"partition {decision.partition} was not dropped: {exc}") from exc
+    if month.count != decision.rows:
+        raise RetentionError(
+            f"the archive of {decision.partition} holds {month.count} events, the partition "
+            f"{decision.rows}; nothing dropped")
+    return month
 
 
 def _archive(
@@ -237,7 +270,8 @@ def _archive(
 
 def _drop_one(
     conn: psycopg.Connection[Any], decision: PartitionDecision, *, policy: RetentionPolicy,
-    keys: KeyRing, archive: Path | None, actor: str | None,
+    keys: KeyRing, archive: Path | None, parquet: tuple[int, str, str] | None,
+    actor: str | None,
 ) -> RetentionCheckpoint:
     name = decision.partition
     assert decision.range_to is not None  # expired partitions have an upper bound  # noqa: S101
@@ -252,6 +286,10 @@ def _drop_one(
         if archive is not None and rows != decision.rows:
             raise RetentionError(f"partition {name} changed after it was archived; "
                                  "nothing dropped")
+        if parquet is not None and (parquet[0], parquet[1]) != (rows, str(stats["positions"])):
+            # The archive verified against the chain; it must hold exactly these entries.
+            raise RetentionError(f"partition {name} differs from its archive ({parquet[0]} "
+                                 f"events at {parquet[1]}); nothing dropped")
         last = int(stats["last_position"] or 0)
         cur.execute(_sql.query("retention", "chain_at"), {"position": last})
         at = cur.fetchone()
@@ -287,7 +325,8 @@ def _drop_one(
                   metadata={"policy": policy.name, "range_from": cp.range_from,
                             "range_to": cp.range_to, "rows": rows,
                             "retention_checkpoint": cp.seq, "last_position": last,
-                            "archive": archive.name if archive is not None else None},
+                            "archive": archive.name if archive is not None else None,
+                            "parquet_archive": parquet[2] if parquet is not None else None},
                   in_transaction=True)
         cur.execute(_sql.query("retention", "drop_partition"),
                     {"partition": f"audit.{name}", "seq": cp.seq})
