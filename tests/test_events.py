@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import structlog
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -414,6 +416,15 @@ def test_async_forms_with_a_pool_and_a_connection(
     assert app_events(conn)[2]["metadata"] == {"fields": ["diagnosis"], "record_count": 1}
 
 
+@pytest.fixture
+def structlog_restored() -> Iterator[None]:
+    """structlog as it was: ``audit-mw replay`` configures it to the (captured) stderr, which
+    later tests must not write to once the capture is closed."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("structlog_restored")
 def test_replay_command(app_dsn: str, conn: psycopg.Connection[Any], tmp_path: Path,
                         capsys: pytest.CaptureFixture[str]) -> None:
     spool = Spool(tmp_path / "spool.jsonl")

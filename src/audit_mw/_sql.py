@@ -25,6 +25,7 @@ __all__ = ["Migration", "migrations", "query", "statement"]
 
 _NAME_LINE = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_ACCEPTS_LINE = re.compile(r"^-- accepts-applied: ([0-9a-f]{64})\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,17 @@ class Migration:
     def checksum(self) -> str:
         """SHA-256 of the file, to detect a released migration edited in place."""
         return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def accepted_checksums(self) -> frozenset[str]:
+        """The checksums an install may have recorded for this migration.
+
+        Its own, and those of the earlier texts of a released migration that had to be
+        edited: each named in the file by a ``-- accepts-applied: <sha256>`` line, with a later
+        migration that brings such installs to the same schema (see docs/operations.md,
+        "PostgreSQL versions").
+        """
+        return frozenset({self.checksum, *_ACCEPTS_LINE.findall(self.text)})
 
 
 def _read(path: str) -> str:

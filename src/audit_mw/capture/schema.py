@@ -45,8 +45,8 @@ OWNER_ROLE = "audit_owner"
 READER_ROLE = "audit_reader"
 WRITER_ROLE = "audit_writer"
 
-#: The oldest server the SQL is written for (identity columns on a partitioned table: 17).
-MIN_SERVER_VERSION = 170000
+#: The oldest server the SQL is written for and tested on (MERGE, STRATEGY FILE_COPY: 15).
+MIN_SERVER_VERSION = 150000
 
 #: Guard triggers are recorded in audit.object_hashes under this prefix ("guard:events.x").
 GUARD_PREFIX = "guard:"
@@ -60,6 +60,27 @@ class InstallResult:
     version: int
     owner: str
     roles_created: tuple[str, ...] = field(default=())
+
+
+def version_text(server_version_num: int) -> str:
+    """A ``server_version_num`` as people write it: 150018 is ``15.18``, 90624 ``9.6.24``.
+
+    A major version alone (150000) prints as ``15``.
+    """
+    major, rest = divmod(server_version_num, 10000)
+    if major >= 10:  # from 10 on: major.minor
+        return f"{major}.{rest}" if rest else str(major)
+    middle, patch = divmod(rest, 100)
+    return f"{major}.{middle}.{patch}"
+
+
+def check_server_version(server_version_num: int) -> None:
+    """Raise :class:`SchemaError` for a server older than the oldest one supported (15)."""
+    if server_version_num < MIN_SERVER_VERSION:
+        raise SchemaError(
+            f"audit_mw needs PostgreSQL {version_text(MIN_SERVER_VERSION)} or newer; "
+            f"this server is {version_text(server_version_num)}"
+        )
 
 
 def installed_version(conn: psycopg.Connection[Any]) -> int:
@@ -93,11 +114,7 @@ def install(
         facts = cur.fetchone()
         if facts is None:  # current_user always has a pg_roles row; be loud if not
             raise SchemaError("cannot read the installing role from pg_roles")
-        if facts["server_version"] < MIN_SERVER_VERSION:
-            raise SchemaError(
-                f"audit_mw needs PostgreSQL 17 or newer; this server is "
-                f"{facts['server_version']}"
-            )
+        check_server_version(int(facts["server_version"]))
         may_create_roles = bool(facts["is_superuser"] or facts["can_create_role"])
         created = _ensure_roles(cur) if may_create_roles else ()
         owner = OWNER_ROLE if may_create_roles else str(facts["current_role"])
@@ -180,7 +197,8 @@ def _pending(cur: psycopg.Cursor[dict[str, object]]) -> list[_sql.Migration]:
     cur.execute(_sql.query("install", "applied_migrations"))
     done = {int(str(r["version"])): str(r["checksum"]) for r in cur.fetchall()}
     for migration in _sql.migrations():
-        if migration.version in done and done[migration.version] != migration.checksum:
+        if migration.version in done and (
+                done[migration.version] not in migration.accepted_checksums):
             raise SchemaError(
                 f"migration {migration.version:04d}_{migration.name} differs from the one "
                 "applied to this database; released migrations must not be edited"

@@ -99,9 +99,13 @@ def _require_schema(conn: psycopg.Connection[Any], *, current: bool = False) -> 
 
 def _resolve(cur: psycopg.Cursor[dict[str, object]], name: str) -> dict[str, object]:
     try:
-        cur.execute(_sql.query("track", "resolve_table"), {"name": name})
+        # In a savepoint: before PostgreSQL 16, to_regclass() raises on a malformed name (16
+        # and later return NULL), and the caller's transaction must stay usable.
+        with cur.connection.transaction():
+            cur.execute(_sql.query("track", "resolve_table"), {"name": name})
     except psycopg.errors.InvalidName as exc:
-        raise TrackingError(f"{name!r} is not a valid table name: {exc}") from None
+        raise TrackingError(f"table {name!r} does not exist: not a valid table name "
+                            f"({exc})") from None
     row = cur.fetchone()
     if row is None:
         raise TrackingError(f"table {name!r} does not exist (or is not on the search_path)")

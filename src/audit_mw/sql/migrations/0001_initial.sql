@@ -3,6 +3,13 @@
 -- Released migrations are never edited; later changes come as new numbered files.
 -- This file runs inside one transaction, as the role that owns the audit schema
 -- (see schema.py: install() creates the schema, then switches to its owner with SET ROLE).
+--
+-- Edited once, to run on PostgreSQL 15 (the release before checked pg_input_is_valid(),
+-- which is 16 and later, into audit.read_context()): the validation now goes through
+-- audit.valid_inet() and audit.valid_jsonb(). Installs made from the earlier text are
+-- accepted (its checksum below) and brought to the same schema by migration
+-- *_portable_schema.sql.
+-- accepts-applied: 9d12b553706a9d9dedda1aaabd2b1f1d9f91ac64cbb7374ca72a7091e7c1f3eb
 
 COMMENT ON SCHEMA audit IS 'audit_mw: append-only audit trail. Do not modify by hand.';
 
@@ -82,6 +89,59 @@ CREATE TYPE audit.session_context AS (
     issues      text[]
 );
 
+-- Whether a text is valid input for inet, or for jsonb, without raising an error.
+-- audit.inet_parses() and audit.jsonb_parses() try the cast in an exception block: they work
+-- on every supported server, at the price of a subtransaction per call. audit.valid_inet()
+-- and audit.valid_jsonb() are what the capture path calls: on PostgreSQL 16 and later they
+-- are pg_input_is_valid(), which the planner inlines into audit.read_context() (no call at
+-- all); on 15, which lacks it, they call the functions above. The answers are the same
+-- (tests/test_server_versions.py compares them on every server CI runs).
+CREATE FUNCTION audit.inet_parses(value text) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+    PERFORM value::pg_catalog.inet;
+    RETURN true;
+EXCEPTION WHEN data_exception THEN
+    RETURN false;
+END
+$$;
+
+CREATE FUNCTION audit.jsonb_parses(value text) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+    PERFORM value::pg_catalog.jsonb;
+    RETURN true;
+EXCEPTION WHEN data_exception THEN
+    RETURN false;
+END
+$$;
+
+DO $do$
+BEGIN
+    IF pg_catalog.current_setting('server_version_num')::int >= 160000 THEN
+        CREATE FUNCTION audit.valid_inet(value text) RETURNS boolean
+        LANGUAGE sql STABLE PARALLEL SAFE
+        AS $$ SELECT pg_catalog.pg_input_is_valid(value, 'inet') $$;
+        CREATE FUNCTION audit.valid_jsonb(value text) RETURNS boolean
+        LANGUAGE sql STABLE PARALLEL SAFE
+        AS $$ SELECT pg_catalog.pg_input_is_valid(value, 'jsonb') $$;
+    ELSE
+        -- The common values skip the subtransaction: a plain IPv4 address, and the '{}'
+        -- that audit.read_context() checks when no extra context is set.
+        CREATE FUNCTION audit.valid_inet(value text) RETURNS boolean
+        LANGUAGE sql STABLE PARALLEL SAFE
+        AS $$ SELECT CASE WHEN value OPERATOR(pg_catalog.~)
+                                   '^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}'
+                                   '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$'
+                          THEN true ELSE audit.inet_parses(value) END $$;
+        CREATE FUNCTION audit.valid_jsonb(value text) RETURNS boolean
+        LANGUAGE sql STABLE PARALLEL SAFE
+        AS $$ SELECT CASE WHEN value OPERATOR(pg_catalog.=) '{}' THEN true
+                          ELSE audit.jsonb_parses(value) END $$;
+    END IF;
+END
+$do$;
+
 -- Reads the audit.* custom settings that the application sets (see context.md).
 -- An empty string means absent. A malformed value never fails the business write: it is
 -- truncated or dropped, and the fact is recorded in context_issues.
@@ -92,40 +152,40 @@ CREATE FUNCTION audit.read_context() RETURNS audit.session_context
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT ROW(
         pg_catalog.left(NULLIF(pg_catalog.current_setting('audit.user_id', true), ''), 256),
-        CASE WHEN pg_catalog.pg_input_is_valid(
-                      NULLIF(pg_catalog.current_setting('audit.ip_address', true), ''), 'inet')
+        CASE WHEN audit.valid_inet(
+                      NULLIF(pg_catalog.current_setting('audit.ip_address', true), ''))
              THEN pg_catalog.current_setting('audit.ip_address', true)::inet END,
         pg_catalog.left(NULLIF(pg_catalog.current_setting('audit.request_id', true), ''), 128),
         pg_catalog.left(NULLIF(pg_catalog.current_setting('audit.user_agent', true), ''), 512),
         -- Too long is invalid too: JSON cut short would not be JSON.
         CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.extra', true)) <= 4096
-                  AND pg_catalog.pg_input_is_valid(
-                      NULLIF(pg_catalog.current_setting('audit.extra', true), ''), 'jsonb')
+                  AND audit.valid_jsonb(
+                      NULLIF(pg_catalog.current_setting('audit.extra', true), ''))
              THEN pg_catalog.current_setting('audit.extra', true)::jsonb END,
         CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.user_id', true)) > 256
-                  OR NOT pg_catalog.pg_input_is_valid(
+                  OR NOT audit.valid_inet(
                       COALESCE(NULLIF(pg_catalog.current_setting('audit.ip_address', true), ''),
-                               '0.0.0.0'), 'inet')
+                               '0.0.0.0'))
                   OR pg_catalog.length(pg_catalog.current_setting('audit.request_id', true)) > 128
                   OR pg_catalog.length(pg_catalog.current_setting('audit.user_agent', true)) > 512
                   OR pg_catalog.length(pg_catalog.current_setting('audit.extra', true)) > 4096
-                  OR NOT pg_catalog.pg_input_is_valid(
+                  OR NOT audit.valid_jsonb(
                       COALESCE(NULLIF(pg_catalog.current_setting('audit.extra', true), ''),
-                               '{}'), 'jsonb')
+                               '{}'))
              THEN pg_catalog.array_remove(ARRAY[
                  CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.user_id', true))
                            > 256 THEN 'user_id_truncated' END,
-                 CASE WHEN NOT pg_catalog.pg_input_is_valid(COALESCE(NULLIF(
+                 CASE WHEN NOT audit.valid_inet(COALESCE(NULLIF(
                                pg_catalog.current_setting('audit.ip_address', true), ''),
-                               '0.0.0.0'), 'inet') THEN 'client_ip_invalid' END,
+                               '0.0.0.0')) THEN 'client_ip_invalid' END,
                  CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.request_id', true))
                            > 128 THEN 'request_id_truncated' END,
                  CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.user_agent', true))
                            > 512 THEN 'user_agent_truncated' END,
                  CASE WHEN pg_catalog.length(pg_catalog.current_setting('audit.extra', true))
-                           > 4096 OR NOT pg_catalog.pg_input_is_valid(COALESCE(NULLIF(
-                               pg_catalog.current_setting('audit.extra', true), ''), '{}'),
-                               'jsonb') THEN 'extra_invalid' END
+                           > 4096 OR NOT audit.valid_jsonb(COALESCE(NULLIF(
+                               pg_catalog.current_setting('audit.extra', true), ''), '{}'))
+                      THEN 'extra_invalid' END
              ], NULL) END
     )::audit.session_context
 $$;

@@ -5,6 +5,10 @@
 -- kind (reserved for the capture triggers), so the application cannot backdate an event or
 -- forge a row change. The event id comes from the client and is unique: a retried or
 -- replayed write is stored once, and the call returns the row that was stored either way.
+--
+-- Edited once, to run on PostgreSQL 15: the client address is checked with
+-- audit.valid_inet() (migration 0001) instead of pg_input_is_valid(), which is 16 and later.
+-- accepts-applied: 5656042c9b744b4acf2e16ec3ffdc6580f35757fccfadf861b44760c10a57e8b
 
 CREATE FUNCTION audit.log_event(
     p_event_id       uuid,
@@ -27,7 +31,7 @@ CREATE FUNCTION audit.log_event(
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ip_ok      boolean := p_client_ip IS NULL
-                          OR pg_catalog.pg_input_is_valid(p_client_ip, 'inet');
+                          OR audit.valid_inet(p_client_ip);
     extra_ok   boolean := p_context_extra IS NULL
                           OR (pg_catalog.jsonb_typeof(p_context_extra) = 'object'
                               AND pg_catalog.length(p_context_extra::text) <= 4096);

@@ -7,19 +7,15 @@
 -- docs/scaling.md and docs/integrity.md, "Retention").
 --
 -- The columns keep their names, order and types (the integrity chain hashes every column),
--- ids are kept and the identity continues where it was. Identity columns on a partitioned
--- table need PostgreSQL 17.
-
-DO $$
-BEGIN
-    IF pg_catalog.current_setting('server_version_num')::int < 170000 THEN
-        RAISE EXCEPTION 'audit_mw: migration 0006 needs PostgreSQL 17 or newer '
-            '(identity columns on a partitioned table); this server is %',
-            pg_catalog.current_setting('server_version')
-            USING ERRCODE = 'feature_not_supported';
-    END IF;
-END
-$$;
+-- ids are kept and the id sequence continues where it was.
+--
+-- Edited once, to run on PostgreSQL 15 and 16: the release before gave the partitioned table
+-- an identity column, which needs 17. The ids now come from the sequence audit.events_id_seq
+-- as the column's default, which every partition inherits, so ids stay unique across
+-- partitions; audit.log_event() checks the client address with audit.valid_inet() (migration
+-- 0001). Installs made from the earlier text are accepted (its checksum below) and brought to
+-- the same schema by migration *_portable_schema.sql.
+-- accepts-applied: 3d3d7f85b1ffec36573b5dc1c3d8f64472c8dad9b994571ad3d144ff21611dd2
 
 -- The old table steps aside with its identity sequence; its indexes and constraint names
 -- are freed for the new table.
@@ -29,8 +25,11 @@ ALTER TABLE audit.events_unpartitioned RENAME CONSTRAINT events_pkey TO events_u
 DROP INDEX audit.events_record_idx, audit.events_user_time_idx, audit.events_time_brin_idx,
     audit.events_event_id_key, audit.events_txid_id_idx, audit.events_request_idx;
 
+-- The ids of every partition: the column's default, inherited by each partition.
+CREATE SEQUENCE audit.events_id_seq AS bigint;
+
 CREATE TABLE audit.events (
-    id                bigint GENERATED ALWAYS AS IDENTITY,
+    id                bigint NOT NULL DEFAULT pg_catalog.nextval('audit.events_id_seq'::regclass),
     occurred_at       timestamptz NOT NULL DEFAULT pg_catalog.statement_timestamp(),
     kind              text NOT NULL,
     action            text NOT NULL,
@@ -59,6 +58,7 @@ CREATE TABLE audit.events (
     -- A unique index on a partitioned table must hold the partition key.
     CONSTRAINT events_pkey PRIMARY KEY (id, occurred_at)
 ) PARTITION BY RANGE (occurred_at);
+ALTER SEQUENCE audit.events_id_seq OWNED BY audit.events.id;
 
 -- Continue the ids exactly where the old table left them.
 SELECT pg_catalog.setval('audit.events_id_seq', s.last_value, s.is_called)
@@ -307,7 +307,7 @@ CREATE OR REPLACE FUNCTION audit.log_event(
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ip_ok      boolean := p_client_ip IS NULL
-                          OR pg_catalog.pg_input_is_valid(p_client_ip, 'inet');
+                          OR audit.valid_inet(p_client_ip);
     extra_ok   boolean := p_context_extra IS NULL
                           OR (pg_catalog.jsonb_typeof(p_context_extra) = 'object'
                               AND pg_catalog.length(p_context_extra::text) <= 4096);
