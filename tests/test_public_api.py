@@ -32,6 +32,16 @@ def test_core_import_does_not_import_starlette() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_core_import_does_not_import_the_integrations_frameworks() -> None:
+    # The integrations are optional extras: importing the package must not need them.
+    code = ("import sys, audit_mw, audit_mw.pool, audit_mw.events, audit_mw.web, audit_mw.capture;"
+            " print(sorted(m for m in ('sqlalchemy', 'django', 'flask_login', 'alembic',"
+            " 'audit_mw.integrations') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def _public_modules() -> list[ModuleType]:
     """Every module of the package whose path has no private (``_``) part."""
     found = [audit_mw]

@@ -1,0 +1,1 @@
+"""A small Django project, audited through audit_mw.integrations.django."""

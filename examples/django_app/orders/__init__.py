@@ -1,0 +1,1 @@
+"""The orders app of the Django example."""

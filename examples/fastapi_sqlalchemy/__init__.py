@@ -1,0 +1,1 @@
+"""FastAPI + SQLAlchemy (async) example, audited through audit_mw.integrations."""
