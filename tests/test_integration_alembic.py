@@ -13,6 +13,8 @@ from alembic.config import Config
 from audit_mw_examples.fastapi_sqlalchemy.app import sqlalchemy_url
 from psycopg import sql
 
+from audit_mw.capture import install, track
+from audit_mw.errors import TrackingError
 from audit_mw.integrations.alembic import grant_migration_role
 from tests.conftest import Cluster
 
@@ -111,8 +113,33 @@ def test_a_migration_tracks_its_table_and_a_later_add_column_is_captured(
 
 def test_without_the_grants_tracking_is_refused(migrator_dsn: str, tmp_path: Path) -> None:
     url = sqlalchemy_url(migrator_dsn).render_as_string(hide_password=False)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with pytest.raises(TrackingError, match="grant_migration_role"):
         command.upgrade(_alembic(tmp_path, url, {"0001": FIRST}), "head")
     with psycopg.connect(migrator_dsn) as conn:
         # The migration's transaction rolled back: no table without its triggers.
         assert conn.execute("SELECT to_regclass('invoices')").fetchone() == (None,)
+
+
+
+def test_tracking_again_from_a_migration_is_refused_where_ddl_is_watched(
+        dsn: str, migrator_dsn: str, tmp_path: Path) -> None:
+    # Replacing a tracked table's capture triggers drops them first: where the event
+    # triggers watch DDL (an install by a superuser), only a superuser or a member of
+    # audit_owner may do that, so a migration role cannot change what is captured of a table
+    # once it is tracked (here: start storing the excluded card_token).
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert install(conn).ddl_watched
+        grant_migration_role(conn, MIGRATOR)
+    url = sqlalchemy_url(migrator_dsn).render_as_string(hide_password=False)
+    command.upgrade(_alembic(tmp_path, url, {"0001": FIRST}), "head")
+    with psycopg.connect(migrator_dsn) as conn, pytest.raises(
+            TrackingError, match=r"capture trigger .* may not be dropped"):
+        track(conn, "invoices")
+    with psycopg.connect(dsn) as conn:
+        tracked = conn.execute("SELECT excluded FROM audit.tracked_tables"
+                               " WHERE table_name = 'invoices'").fetchone()
+        triggers = conn.execute("SELECT count(*) FROM pg_trigger"
+                                " WHERE tgrelid = 'invoices'::regclass"
+                                " AND tgname LIKE 'audit_mw_%' AND tgenabled = 'A'").fetchone()
+    assert tracked == (["card_token"],)
+    assert triggers == (4,)

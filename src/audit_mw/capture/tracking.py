@@ -161,7 +161,8 @@ def track(
     except psycopg.errors.InsufficientPrivilege as exc:
         raise TrackingError(
             f"this role may not track {table!r}: {exc.diag.message_primary}; track runs as "
-            "a superuser or a member of audit_owner that owns the table (the capture "
+            "a superuser or a member of audit_owner that owns the table, or as a migration "
+            "role given audit_mw.integrations.alembic.grant_migration_role (the capture "
             "triggers run audit functions that the audited roles may not call)") from None
 
 
@@ -238,9 +239,12 @@ def _track(
                 table=target,
                 comment=sql.Literal(f"audit_mw capture trigger; set hash {trigger_hash}"),
             ))
-        cur.execute(_sql.query("track", "delete_renamed_tracked"), {
-            "oid": info["oid"], "schema_name": info["schema_name"],
-            "table_name": info["table_name"]})
+        record_key = {"oid": info["oid"], "schema_name": info["schema_name"],
+                 "table_name": info["table_name"]}
+        cur.execute(_sql.query("track", "renamed_tracked"), record_key)
+        renamed = cur.fetchone()
+        if renamed and renamed["renamed"]:
+            cur.execute(_sql.query("track", "delete_renamed_tracked"), record_key)
         cur.execute(_sql.query("track", "upsert_tracked"), {
             "schema_name": info["schema_name"], "table_name": info["table_name"],
             "key_columns": list(keys), "excluded": list(excluded), "masked": list(masked),

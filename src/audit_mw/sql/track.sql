@@ -110,6 +110,14 @@ SET key_columns = EXCLUDED.key_columns, excluded = EXCLUDED.excluded,
     masked = EXCLUDED.masked, trigger_hash = EXCLUDED.trigger_hash,
     relid = EXCLUDED.relid, tracked_at = pg_catalog.now();
 
+-- name: renamed_tracked
+-- Whether the table is recorded under another name (it has been renamed since it was
+-- tracked); asked first so that a role without DELETE (a migration role) tracks the others.
+SELECT EXISTS (SELECT 1 FROM audit.tracked_tables AS t
+               WHERE t.relid = %(oid)s::oid
+                 AND (t.schema_name, t.table_name)
+                     IS DISTINCT FROM (%(schema_name)s, %(table_name)s)) AS renamed;
+
 -- name: delete_renamed_tracked
 -- The record of a table tracked under another name: it has been renamed since.
 DELETE FROM audit.tracked_tables AS t
