@@ -27,11 +27,13 @@ from alembic import context
 from sqlalchemy import create_engine
 
 engine = create_engine(context.config.get_main_option("sqlalchemy.url"))
-with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=None)
-    with context.begin_transaction():
-        context.run_migrations()
-engine.dispose()
+try:
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=None)
+        with context.begin_transaction():
+            context.run_migrations()
+finally:
+    engine.dispose()  # also when a migration fails: no connection left to the collector
 """
 
 FIRST = """
