@@ -333,3 +333,33 @@ def test_track_by_a_table_owner_that_is_not_a_superuser_is_a_clear_error(
         own.execute("CREATE TABLE shop.mine (id int PRIMARY KEY)")
         with pytest.raises(TrackingError, match=r"may not track 'shop\.mine'"):
             track(own, "shop.mine")
+
+
+def test_a_role_that_may_create_capture_triggers_cannot_record_under_another_name(
+    attacker: str, conn: Conn
+) -> None:
+    # A migration role may be granted EXECUTE on the capture functions (grant_migration_role)
+    # so that it can track its own tables; it then chooses the triggers' arguments. A trigger
+    # on its own table whose arguments name another table (here the tracked shop.orders, and
+    # a table that does not exist) records its rows under the name of the table it is on.
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA audit TO {role}; GRANT EXECUTE ON FUNCTION "
+                         "audit.capture_insert(), audit.capture_truncate() TO {role}")
+                 .format(role=sql.Identifier(ATTACKER)))
+    conn.commit()
+    with psycopg.connect(attacker, autocommit=True) as own:
+        own.execute(b"""
+            CREATE TABLE shop.decoy (id int PRIMARY KEY, status text);
+            CREATE TRIGGER forge AFTER INSERT ON shop.decoy REFERENCING NEW TABLE AS new_rows
+                FOR EACH STATEMENT EXECUTE FUNCTION
+                audit.capture_insert('{id}', '{}', '{}', 'shop', 'orders');
+            CREATE TRIGGER forge_elsewhere AFTER INSERT ON shop.decoy
+                REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION
+                audit.capture_insert('{id}', '{}', '{}', 'public', 'users');
+            CREATE TRIGGER forge_truncate AFTER TRUNCATE ON shop.decoy FOR EACH STATEMENT
+                EXECUTE FUNCTION audit.capture_truncate('{id}', '{}', '{}', 'shop', 'orders');
+            INSERT INTO shop.decoy VALUES (1, 'refunded');
+            TRUNCATE shop.decoy""")
+    rows = conn.execute("SELECT action, schema_name, table_name, record_id FROM audit.events"
+                        " WHERE kind = 'data' ORDER BY id").fetchall()
+    assert rows == [("INSERT", "shop", "decoy", "1"), ("INSERT", "shop", "decoy", "1"),
+                    ("TRUNCATE", "shop", "decoy", None)]

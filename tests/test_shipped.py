@@ -84,3 +84,14 @@ def test_install_by_a_createrole_role_hands_capture_to_its_role(
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         with cluster.admin() as admin:
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_after_pg_upgrade_the_older_servers_input_checks_are_accepted() -> None:
+    # A database installed on PostgreSQL 15 and moved to a later server with pg_upgrade keeps
+    # the input checks made for 15 (they work everywhere); status must not call them changed.
+    older = _shipped.server_variants(15)
+    assert older
+    for name, fingerprint in older.items():
+        assert fingerprint in _shipped.upgraded_variants(18)[name]
+        assert fingerprint in _shipped.upgraded_variants(16)[name]
+    assert _shipped.upgraded_variants(15) == {}

@@ -72,19 +72,39 @@ def test_a_renamed_table_is_reported_and_retrack_restores_it(conn: Conn) -> None
     track(conn, "orders", mask=["card"])
     conn.execute("ALTER TABLE orders RENAME TO purchases")
     conn.execute("INSERT INTO purchases VALUES (1, 'a', '4111')")
-    # Capture never stopped: the row is recorded, under the name it was tracked by.
-    assert [r["new_values"]["card"] for r in audit_rows(conn, "orders")] == ["[masked]"]
+    # Capture never stopped: the row is recorded under the table's name as it is now (the
+    # server's, not the one written into the triggers at track), with the options of track.
+    assert audit_rows(conn, "orders") == []
+    assert [r["new_values"]["card"] for r in audit_rows(conn, "purchases")] == ["[masked]"]
     result = status(conn)
     assert not result.ok
     (table,) = result.tables
     assert table.table == "public.orders"
-    assert table.problems == ("table was renamed to public.purchases; its rows are still "
-                              "recorded under the old name: run `audit-mw retrack`",)
+    assert table.problems == ("table was renamed to public.purchases; its rows are recorded "
+                              "under the new name, its record is not: run `audit-mw retrack`",)
     (done,) = retrack(conn)
     assert (done.table_name, done.masked) == ("purchases", ("card",))
     conn.execute("INSERT INTO purchases VALUES (2, 'b', '4222')")
-    assert [r["new_values"]["card"] for r in audit_rows(conn, "purchases")] == ["[masked]"]
+    assert [r["new_values"]["card"] for r in audit_rows(conn, "purchases")] == ["[masked]"] * 2
     assert status(conn).ok
+
+
+def test_a_renamed_partitioned_table_records_direct_partition_writes_under_its_new_name(
+    conn: Conn,
+) -> None:
+    conn.execute(b"""
+        CREATE TABLE ledger (id int, region text, PRIMARY KEY (id, region))
+            PARTITION BY LIST (region);
+        CREATE TABLE ledger_eu PARTITION OF ledger FOR VALUES IN ('eu')""")
+    track(conn, "ledger")
+    conn.execute("ALTER TABLE ledger RENAME TO journal")
+    conn.execute("INSERT INTO journal VALUES (1, 'eu')")
+    conn.execute("INSERT INTO ledger_eu VALUES (2, 'eu')")
+    conn.execute("TRUNCATE ledger_eu")
+    assert [(r["action"], r["record_id"]) for r in audit_rows(conn, "journal")] == [
+        ("INSERT", '[1, "eu"]'), ("INSERT", '[2, "eu"]'), ("TRUNCATE", None)]
+    assert audit_rows(conn, "ledger") == []
+    assert audit_rows(conn, "ledger_eu") == []
 
 
 def test_untrack_of_a_renamed_table_removes_its_triggers_and_record(conn: Conn) -> None:

@@ -91,6 +91,19 @@ def shipped(version: int, server_major: int) -> Snapshot | None:
     return Snapshot(functions, dict(entry["triggers"]), tuple(entry["objects"]))
 
 
+def upgraded_variants(server_major: int) -> dict[str, set[str]]:
+    """Fingerprints a function may also have on a server of ``server_major``: those of older
+    servers' variants, which a database installed there keeps after ``pg_upgrade`` (they
+    work on every later server)."""
+    variants: dict[str, dict[str, str]] = _manifest().get(VARIANTS_KEY, {})
+    accepted: dict[str, set[str]] = {}
+    for major, functions in variants.items():
+        if int(major) < server_major:
+            for name, fingerprint in functions.items():
+                accepted.setdefault(name, set()).add(fingerprint)
+    return accepted
+
+
 def server_variants(server_major: int) -> dict[str, str]:
     """The function fingerprints that differ on a server of ``server_major``."""
     variants: dict[str, dict[str, str]] = _manifest().get(VARIANTS_KEY, {})

@@ -433,7 +433,9 @@ def _shipped_problems(
     cur: psycopg.Cursor[dict[str, object]], version: int, capture_role: str
 ) -> list[str]:
     """The schema against what the package ships for its version (not what it recorded)."""
-    expected = _shipped.shipped(version, cur.connection.info.server_version // 10000)
+    server_major = cur.connection.info.server_version // 10000
+    expected = _shipped.shipped(version, server_major)
+    upgraded = _shipped.upgraded_variants(server_major)
     if expected is None:
         return [f"this package ships no description of schema version {version}; "
                 "use the audit_mw release that installed it"]
@@ -444,7 +446,8 @@ def _shipped_problems(
     for name in sorted(actual.functions.keys() - expected.functions.keys()):
         problems.append(f"function {name} in schema audit was not shipped by audit_mw")
     for name in sorted(expected.functions.keys() & actual.functions.keys()):
-        if expected.functions[name] != actual.functions[name]:
+        if (expected.functions[name] != actual.functions[name]
+                and actual.functions[name] not in upgraded.get(name, ())):
             problems.append(f"function {name} differs from what audit_mw ships (its body, "
                             "language, SECURITY DEFINER, settings or signature changed)")
     for name in sorted(expected.triggers.keys() - actual.triggers.keys()):
@@ -534,8 +537,8 @@ def _table_status(
     name = f"{tracked['schema_name']}.{tracked['table_name']}"
     if tracked["oid"] is None and tracked.get("renamed_to"):
         return TableStatus(name, (
-            f"table was renamed to {tracked['renamed_to']}; its rows are still recorded "
-            f"under the old name: run `audit-mw retrack`",))
+            f"table was renamed to {tracked['renamed_to']}; its rows are recorded under the "
+            f"new name, its record is not: run `audit-mw retrack`",))
     if tracked["oid"] is None:
         return TableStatus(name, ("table no longer exists",))
     cur.execute(_sql.query("track", "table_triggers"), {"oid": tracked["oid"]})

@@ -121,7 +121,7 @@ GRANT INSERT ON audit.events TO {capture};
 -- The trail's ids come from a sequence default (0008), which INSERT alone does not cover.
 GRANT USAGE ON SEQUENCE audit.events_id_seq TO {capture};
 GRANT EXECUTE ON FUNCTION audit.column_type_tree(regclass), audit.unsafe_casts(regclass),
-    audit.refuse_unsafe_casts(regclass) TO {capture};
+    audit.refuse_unsafe_casts(regclass), audit.recorded_table(oid, text, text) TO {capture};
 
 -- name: function_owner
 ALTER FUNCTION {function} OWNER TO {owner};

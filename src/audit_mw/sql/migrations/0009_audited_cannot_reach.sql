@@ -21,6 +21,10 @@
 --    application event written by capture), is refused for everyone but a superuser.
 -- 5. The sealer's mutual exclusion is a lease in audit.seal_lease, which only roles that may
 --    seal can take; an advisory lock, which any role can hold, no longer stops sealing.
+-- 6. Captured rows carry the name of the table the server fired the trigger on (or of the
+--    partitioned table above it), never one the trigger's arguments alone assert: a role that
+--    may create capture triggers chooses their arguments. A renamed table is recorded under
+--    its new name.
 
 -- The types a relation's rows are made of, with the columns they come from: each column's
 -- type, and recursively the element type of an array, the base type of a domain, the
@@ -120,13 +124,37 @@ EXCEPTION WHEN untranslatable_character OR invalid_text_representation THEN
 END
 $$;
 
+-- The table a capture trigger's rows are recorded under, read from the catalog: the
+-- partitioned table above the trigger's table (or that table itself) that the trigger's
+-- arguments name (track names the tracked table in the triggers of its partitions), or else
+-- the top of its partition tree, which is the table itself when it is not a partition (the
+-- table, or the one above it, was renamed since track). Capture calls it only when the
+-- arguments do not name the trigger's own table.
+CREATE FUNCTION audit.recorded_table(p_relid oid, p_schema text, p_table text,
+                                     OUT schema_name text, OUT table_name text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT n.nspname::text, c.relname::text
+    FROM pg_catalog.pg_class AS c
+    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.oid = COALESCE(
+        (SELECT a.relid
+         FROM pg_catalog.pg_partition_ancestors(p_relid) AS a
+         JOIN pg_catalog.pg_class AS ac ON ac.oid = a.relid
+         JOIN pg_catalog.pg_namespace AS an ON an.oid = ac.relnamespace
+         WHERE an.nspname = p_schema AND ac.relname = p_table
+         LIMIT 1),
+        pg_catalog.pg_partition_root(p_relid)::oid,
+        p_relid)
+$$;
+
 -- The capture functions, again, with two additions at the start of each (the rest is as in
 -- 0007): the cast check above, and excluded and masked columns also by attribute number
 -- (TG_ARGV[5], TG_ARGV[6], written by track since this version), so that a renamed column
 -- stays out; and rows of tables with json columns converted through audit.row_image
 -- (TG_ARGV[7] = 'json'). Names and numbers both count: a new column that takes an excluded column's name
 -- is excluded too. Triggers created before this version pass five arguments and exclude by
--- name only; `audit-mw status` names them for `audit-mw retrack`.
+-- name only; `audit-mw status` names them for `audit-mw retrack`. The table's name in each
+-- row is the server's (audit.recorded_table), not the arguments' (TG_ARGV[3], TG_ARGV[4]).
 CREATE OR REPLACE FUNCTION audit.capture_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -136,7 +164,13 @@ DECLARE
     masked      text[] := TG_ARGV[2]::text[];
     json_rows   boolean := TG_NARGS > 7 AND TG_ARGV[7] = 'json';
     ctx         audit.session_context := audit.read_context();
+    rec_schema  text := TG_TABLE_SCHEMA;
+    rec_table   text := TG_TABLE_NAME;
 BEGIN
+    IF TG_TABLE_NAME <> TG_ARGV[4] OR TG_TABLE_SCHEMA <> TG_ARGV[3] THEN
+        SELECT t.schema_name, t.table_name INTO rec_schema, rec_table
+        FROM audit.recorded_table(TG_RELID, TG_ARGV[3], TG_ARGV[4]) AS t;
+    END IF;
     -- 114 json, 3802 jsonb; 16384 is FirstNormalObjectId (types created after initdb).
     IF EXISTS (SELECT FROM pg_catalog.pg_cast AS c
                JOIN pg_catalog.pg_proc AS p ON p.oid = c.castfunc
@@ -159,7 +193,7 @@ BEGIN
     INSERT INTO audit.events (kind, action, schema_name, table_name, record_id, new_values,
                               app_user_id, client_ip, request_id, user_agent, context_extra,
                               context_issues, application_name, client_addr)
-    SELECT 'data', 'INSERT', TG_ARGV[3], TG_ARGV[4],
+    SELECT 'data', 'INSERT', rec_schema, rec_table,
            CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN r.j ->> key_columns[1]
                 ELSE audit.record_key(r.j, key_columns) END,
            CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
@@ -180,7 +214,13 @@ DECLARE
     masked      text[] := TG_ARGV[2]::text[];
     json_rows   boolean := TG_NARGS > 7 AND TG_ARGV[7] = 'json';
     ctx         audit.session_context := audit.read_context();
+    rec_schema  text := TG_TABLE_SCHEMA;
+    rec_table   text := TG_TABLE_NAME;
 BEGIN
+    IF TG_TABLE_NAME <> TG_ARGV[4] OR TG_TABLE_SCHEMA <> TG_ARGV[3] THEN
+        SELECT t.schema_name, t.table_name INTO rec_schema, rec_table
+        FROM audit.recorded_table(TG_RELID, TG_ARGV[3], TG_ARGV[4]) AS t;
+    END IF;
     -- 114 json, 3802 jsonb; 16384 is FirstNormalObjectId (types created after initdb).
     IF EXISTS (SELECT FROM pg_catalog.pg_cast AS c
                JOIN pg_catalog.pg_proc AS p ON p.oid = c.castfunc
@@ -203,7 +243,7 @@ BEGIN
     INSERT INTO audit.events (kind, action, schema_name, table_name, record_id, old_values,
                               app_user_id, client_ip, request_id, user_agent, context_extra,
                               context_issues, application_name, client_addr)
-    SELECT 'data', 'DELETE', TG_ARGV[3], TG_ARGV[4],
+    SELECT 'data', 'DELETE', rec_schema, rec_table,
            CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN r.j ->> key_columns[1]
                 ELSE audit.record_key(r.j, key_columns) END,
            CASE WHEN pg_catalog.cardinality(masked) = 0 THEN r.j ELSE audit.mask(r.j, masked) END,
@@ -224,7 +264,13 @@ DECLARE
     masked      text[] := TG_ARGV[2]::text[];
     json_rows   boolean := TG_NARGS > 7 AND TG_ARGV[7] = 'json';
     ctx         audit.session_context := audit.read_context();
+    rec_schema  text := TG_TABLE_SCHEMA;
+    rec_table   text := TG_TABLE_NAME;
 BEGIN
+    IF TG_TABLE_NAME <> TG_ARGV[4] OR TG_TABLE_SCHEMA <> TG_ARGV[3] THEN
+        SELECT t.schema_name, t.table_name INTO rec_schema, rec_table
+        FROM audit.recorded_table(TG_RELID, TG_ARGV[3], TG_ARGV[4]) AS t;
+    END IF;
     -- 114 json, 3802 jsonb; 16384 is FirstNormalObjectId (types created after initdb).
     IF EXISTS (SELECT FROM pg_catalog.pg_cast AS c
                JOIN pg_catalog.pg_proc AS p ON p.oid = c.castfunc
@@ -250,7 +296,7 @@ BEGIN
                                   new_values, changed_fields, app_user_id, client_ip, request_id,
                                   user_agent, context_extra, context_issues, application_name,
                                   client_addr)
-        SELECT 'data', 'UPDATE', TG_ARGV[3], TG_ARGV[4],
+        SELECT 'data', 'UPDATE', rec_schema, rec_table,
                CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN p.n ->> key_columns[1]
                     ELSE audit.record_key(p.n, key_columns) END,
                CASE WHEN pg_catalog.cardinality(masked) = 0 THEN p.o ELSE audit.mask(p.o, masked) END,
@@ -274,7 +320,7 @@ BEGIN
                                   new_values, changed_fields, app_user_id, client_ip, request_id,
                                   user_agent, context_extra, context_issues, application_name,
                                   client_addr)
-        SELECT 'data', 'UPDATE', TG_ARGV[3], TG_ARGV[4],
+        SELECT 'data', 'UPDATE', rec_schema, rec_table,
                CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN p.n ->> key_columns[1]
                     ELSE audit.record_key(p.n, key_columns) END,
                CASE WHEN pg_catalog.cardinality(masked) = 0 THEN p.o ELSE audit.mask(p.o, masked) END,
@@ -312,7 +358,13 @@ DECLARE
     new_image   jsonb;
     ctx         audit.session_context := audit.read_context();
     changed     text[];
+    rec_schema  text := TG_TABLE_SCHEMA;
+    rec_table   text := TG_TABLE_NAME;
 BEGIN
+    IF TG_TABLE_NAME <> TG_ARGV[4] OR TG_TABLE_SCHEMA <> TG_ARGV[3] THEN
+        SELECT t.schema_name, t.table_name INTO rec_schema, rec_table
+        FROM audit.recorded_table(TG_RELID, TG_ARGV[3], TG_ARGV[4]) AS t;
+    END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_cast AS c
                JOIN pg_catalog.pg_proc AS p ON p.oid = c.castfunc
                JOIN pg_catalog.pg_roles AS o ON o.oid = p.proowner
@@ -330,7 +382,7 @@ BEGIN
                               new_values, changed_fields, app_user_id, client_ip, request_id,
                               user_agent, context_extra, context_issues, application_name,
                               client_addr)
-    VALUES ('data', 'UPDATE', TG_ARGV[3], TG_ARGV[4],
+    VALUES ('data', 'UPDATE', rec_schema, rec_table,
            CASE WHEN pg_catalog.cardinality(key_columns) = 1 THEN new_image ->> key_columns[1]
                 ELSE audit.record_key(new_image, key_columns) END,
            CASE WHEN pg_catalog.cardinality(masked) = 0 THEN old_image
@@ -341,6 +393,28 @@ BEGIN
            ctx.user_id, ctx.client_ip, ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
            NULLIF(pg_catalog.current_setting('application_name'), ''),
            pg_catalog.inet_client_addr());
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION audit.capture_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ctx        audit.session_context := audit.read_context();
+    rec_schema text := TG_TABLE_SCHEMA;
+    rec_table  text := TG_TABLE_NAME;
+BEGIN
+    IF TG_TABLE_NAME <> TG_ARGV[4] OR TG_TABLE_SCHEMA <> TG_ARGV[3] THEN
+        SELECT t.schema_name, t.table_name INTO rec_schema, rec_table
+        FROM audit.recorded_table(TG_RELID, TG_ARGV[3], TG_ARGV[4]) AS t;
+    END IF;
+    INSERT INTO audit.events (kind, action, schema_name, table_name, app_user_id, client_ip,
+                              request_id, user_agent, context_extra, context_issues,
+                              application_name, client_addr)
+    VALUES ('data', 'TRUNCATE', rec_schema, rec_table, ctx.user_id, ctx.client_ip,
+            ctx.request_id, ctx.user_agent, ctx.extra, ctx.issues,
+            NULLIF(pg_catalog.current_setting('application_name'), ''),
+            pg_catalog.inet_client_addr());
     RETURN NULL;
 END
 $$;
@@ -474,15 +548,16 @@ $$;
 
 REVOKE ALL ON audit.seal_lease FROM PUBLIC;
 REVOKE ALL ON FUNCTION audit.column_type_tree(regclass), audit.unsafe_casts(regclass),
-    audit.refuse_unsafe_casts(regclass), audit.hold_seal_lease(), audit.take_seal_lease(),
-    audit.give_seal_lease() FROM PUBLIC;
+    audit.refuse_unsafe_casts(regclass), audit.recorded_table(oid, text, text),
+    audit.hold_seal_lease(), audit.take_seal_lease(), audit.give_seal_lease() FROM PUBLIC;
 -- Capture calls the cast check as audit_capture; the sealers take and give the lease (the
 -- function checks that the caller may seal).
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'audit_capture') THEN
         GRANT EXECUTE ON FUNCTION audit.column_type_tree(regclass), audit.unsafe_casts(regclass),
-            audit.refuse_unsafe_casts(regclass) TO audit_capture;
+            audit.refuse_unsafe_casts(regclass), audit.recorded_table(oid, text, text)
+            TO audit_capture;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'audit_reader') THEN
         GRANT EXECUTE ON FUNCTION audit.take_seal_lease(), audit.give_seal_lease()
