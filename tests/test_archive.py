@@ -312,6 +312,23 @@ def test_archive_months_skips_what_cannot_be_archived_yet(shop: Shop, tmp_path: 
     assert "events_p202401" in partition_names(conn)  # archiving alone drops nothing
 
 
+@pytest.mark.parametrize("setting", ["TimeZone = 'UTC+14'", "TimeZone = 'Pacific/Kiritimati'",
+                                     "DateStyle = 'SQL, DMY'", "IntervalStyle = 'iso_8601'",
+                                     "extra_float_digits = -3"])
+def test_the_session_settings_change_nothing_in_the_archive(
+        shop: Shop, tmp_path: Path, setting: str) -> None:
+    # A server or role whose default TimeZone is not UTC (common in postgresql.conf) must
+    # archive the same months, which verify offline.
+    conn = shop.conn
+    conn.execute(f"SET {setting}")
+    run = archive_months(conn, str(tmp_path / "a"), KEYS, now=NOW)
+    assert [m.count for m in run.archived] == [30, 30, 30]
+    result = verify_archive(str(tmp_path / "a"), KEYS)
+    assert (result.status, result.months, result.events) == ("valid", 3, 90), result.problems
+    con = archive_duckdb(str(tmp_path / "a"))
+    assert canonical_archive(con, FIRST, LAST) == shop.canonical
+
+
 def test_duckdb_is_only_imported_by_the_archive() -> None:
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
@@ -358,6 +375,8 @@ def test_the_cli_archives_retention_drops_and_an_auditor_verifies(
     assert "ok: 3 month(s), 90 events" in capsys.readouterr().out
     assert main(["verify-archive", url]) == 2  # no key at all
     assert "cannot verify" in capsys.readouterr().out
+    assert main(["verify-archive", url + "-typo", "--public-key", public]) == 2  # nothing there
+    assert "there is no archive at" in capsys.readouterr().out
     _rewrite(Path(url) / FEB, lambda r: r[:-1])
     assert main([*args, "--json"]) == 1
     result = json.loads(capsys.readouterr().out)

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from audit_mw.capture.tracking import retrack, status, track, untrack
 from audit_mw.cli import main
@@ -276,3 +277,22 @@ def test_a_sealer_that_cannot_run_exits_non_zero_saying_blocked(
     with redirect_stdout(io.StringIO()):
         assert main(["--dsn", dsn, "seal"]) == 0
     assert verify(conn, KEYS).valid
+
+
+@pytest.mark.parametrize("zone", ["UTC+14", "Pacific/Kiritimati"])
+def test_a_blocked_sealer_reads_the_backlog_time_in_utc_whatever_the_session_zone(
+    dsn: str, conn: Conn, zone: str
+) -> None:
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY)")
+    track(conn, "notes")
+    conn.execute("INSERT INTO notes VALUES (1)")
+    (written,) = conn.execute("SELECT max(occurred_at) FROM audit.events").fetchone() or (None,)
+    with psycopg.connect(dsn, autocommit=True) as other, \
+            psycopg.connect(dsn, autocommit=True) as sealer:
+        other.execute("SELECT audit.take_seal_lease()")
+        sealer.execute(sql.SQL("SET TimeZone = {}").format(sql.Literal(zone)))
+        result = seal(sealer, KEYS)
+    assert result.busy
+    assert result.oldest_unsealed == written
+    assert result.holder is not None
+    assert result.holder.endswith("Z")

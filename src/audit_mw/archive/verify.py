@@ -142,6 +142,11 @@ def verify_archive(
     store = Store.open(url, storage_options)
     out = _Collector()
     index, _ = store.read_json(INDEX_NAME)
+    if index is None and not store.month_dirs():
+        # Nothing at all there: most likely a wrong URL, so "cannot verify" (exit 2) rather
+        # than "tampered"; an archive whose index alone is gone is tampered (below).
+        out.unverifiable.append(f"there is no archive at {url} (no {INDEX_NAME}, no months)")
+        return out.result()
     if index is None or index.get("audit_mw_archive_index") != FORMAT_VERSION:
         out.problems.append(ArchiveProblem(
             "missing_month" if not store.month_dirs() and index is None else "modified", None,

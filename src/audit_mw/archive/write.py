@@ -257,6 +257,9 @@ def _archive_month(
     # horizon, so the upload and the verification come after it.
     with conn.transaction():
         conn.execute(_sql.query("archive", "snapshot"))
+        # The canonical texts and checkpoint times are read as verify reads them, whatever
+        # TimeZone, DateStyle or search_path the session (or the role, or PGTZ) chose.
+        conn.execute(_sql.query("integrity", "pin_session"))
         count, unsealed, positions = _stats(conn, partition)
         if unsealed:
             raise ArchiveError(f"partition {partition} holds {unsealed} events that are not "

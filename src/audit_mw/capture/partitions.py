@@ -105,6 +105,8 @@ def create_partition(
 def list_partitions(conn: psycopg.Connection[Any]) -> list[PartitionInfo]:
     """Every partition of ``audit.events``, oldest first, the default partition last."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        # The bounds are read as timestamps, which psycopg parses only in an ISO DateStyle.
+        cur.execute(_sql.query("integrity", "pin_session"))
         cur.execute(_sql.query("retention", "partitions"))
         return [PartitionInfo(str(r["partition_name"]), r["range_from"], r["range_to"],
                               bool(r["is_default"]), int(r["estimated_rows"]),

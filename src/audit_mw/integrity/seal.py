@@ -133,12 +133,16 @@ def seal(
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise VerificationError("seal needs a connection that is not inside a transaction")
     with conn.transaction():
+        # The lease holder's time and the backlog's are read as UTC text: a session TimeZone
+        # such as 'UTC+14' would otherwise redefine what AT TIME ZONE 'UTC' means.
+        conn.execute(_sql.query("integrity", "pin_session"))
         check_event_columns(conn)
         lease = conn.execute(_sql.query("integrity", "has_seal_lease")).fetchone()
         suffix = "" if lease and lease[0] else "_before_0009"
         locked = conn.execute(_sql.query("integrity", "try_lock" + suffix)).fetchone()
     if not locked or not locked[0]:
         with conn.transaction():
+            conn.execute(_sql.query("integrity", "pin_session"))
             row = conn.execute(_sql.query("integrity", "oldest_unsealed")).fetchone()
         holder = (f"backend {locked[1]} (role {locked[2]}) since {locked[3]}"
                   if locked and locked[1] is not None else None)
