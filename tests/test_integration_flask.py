@@ -8,7 +8,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from flask import Flask
+from flask_login import LoginManager
 
+from audit_mw.errors import ConfigurationError
+from audit_mw.integrations.flask_login import init_audit
 from tests._flask_orm_app import create_app
 from tests._orm_load import USERS, Outcome, run_load, serve_wsgi
 from tests.test_integration_fastapi import ORDERS, _prepare, _write
@@ -79,3 +83,12 @@ def test_failed_login_survives_the_rollback(dsn: str, app_dsn: str) -> None:
             "SELECT failed_logins FROM app_users WHERE username = 'user007'").fetchone()
     assert rows == [("user007", False, "203.0.113.7")] * 20
     assert failed_logins == (0,)
+
+
+
+def test_a_flask_login_without_the_hook_is_a_clear_error() -> None:
+    class Changed(LoginManager):  # a Flask-Login whose private hook was renamed
+        _update_request_context_with_user = None  # type: ignore[assignment]
+
+    with pytest.raises(ConfigurationError, match=r"supports Flask-Login 0\.6"):
+        init_audit(Changed(), Flask(__name__))

@@ -58,7 +58,11 @@ def init_audit(
     if load_user not in ("before_request", "on_access"):
         raise ConfigurationError(
             f"load_user must be 'before_request' or 'on_access', not {load_user!r}")
-    original = login_manager._update_request_context_with_user
+    original = getattr(login_manager, "_update_request_context_with_user", None)
+    if original is None:
+        raise ConfigurationError(
+            "this Flask-Login has no LoginManager._update_request_context_with_user, the hook "
+            "audit_mw attributes writes through; it supports Flask-Login 0.6")
 
     def update_request_context_with_user(user: Any = None) -> None:
         original(user)
