@@ -61,7 +61,12 @@ def test_every_subcommand_fails_in_one_line_against_a_stopped_server(
         ["retention", "show", "--policy", "2y"], ["retention", "apply", "--policy", "2y"],
         ["hold", "add", "--reason", "r", "--user", "u"], ["hold", "remove", "1", "--reason", "r"],
         ["hold", "list"], ["partitions", "ensure"], ["partitions", "list"],
+        ["archive", str(tmp_path / "archive")],
     ]
+    # stream has no --json; it fails the same way.
+    full = ["--dsn", STOPPED, "stream", "--state-file", str(tmp_path / "state"), "--once"]
+    line = _one_error(capsys, main(full), full)
+    assert "cannot connect to the database" in line, line
     for argv in commands:
         for extra in ([], ["--json"]):
             full = ["--dsn", STOPPED, *argv, *extra]
@@ -82,6 +87,9 @@ def test_bad_input_is_one_line_and_exit_2(
          "-o", "x"],
         ["verify-export", str(tmp_path / "missing.ndjson")],
         ["verify-export", "--export-public-key", "not base64!", str(tmp_path)],
+        ["verify-archive", "--public-key", "not base64!", str(tmp_path)],
+        ["stream", "--to", "ftp://example.org/x", "--state-file", str(tmp_path / "s")],
+        ["stream", "--state-file", str(tmp_path / "s"), "--from", "yesterday"],
         ["keygen", "--kid", "bad id"],
         ["retention", "show", "--policy", "forever-and-a-day"],
         ["retention", "show", "--now", "noon"],

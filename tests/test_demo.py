@@ -32,8 +32,8 @@ def test_demo_serves_audited_events_and_stops_on_ctrl_c(server_dir: Path) -> Non
                 break
         text = "".join(printed)
         assert "verification valid" in text, text
-        # The viewer's URL comes first, before anything else the demo has to say.
-        told = [line for line in printed if line.strip() and not line.startswith("audit-mw")]
+        # The viewer's URL is the first thing on stdout (progress goes to stderr).
+        told = [line for line in printed if line.strip()]
         viewer = re.fullmatch(r"Audit viewer: (http://127\.0\.0\.1:\d+/audit/ui/) .*\n",
                               told[0])
         assert viewer, text

@@ -132,14 +132,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "install with: pip install 'audit-mw[demo]'") from None
 
     home = DEFAULT_DATA_DIR.parent
-    print("audit-mw demo: preparing the database ...", flush=True)
+    print("audit-mw demo: preparing the database ...", file=sys.stderr, flush=True)
     admin_dsn, shop_dsn, started_server = _prepare_database(args)
     _quiet_logs()
     _demo_keys(home)
     server, thread, url = _serve(create_app(shop_dsn), args.port)
     try:
         if not args.no_traffic:
-            print("audit-mw demo: sending sample traffic ...", flush=True)
+            print("audit-mw demo: sending sample traffic ...", file=sys.stderr, flush=True)
             send_sample_traffic(url)
         sealed, verified = _seal_and_verify(admin_dsn, home / "demo-checkpoints.jsonl")
         admin, member = DEMO_USERS[0], DEMO_USERS[1]
