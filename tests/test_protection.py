@@ -83,7 +83,7 @@ def test_app_role_does_not_own_the_audit_schema(conn: Conn) -> None:
         UNION SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'audit'
     """).fetchall()
     # audit_capture owns the capture functions (and nothing else; see test_escalation.py).
-    assert owners == [("audit_capture",), ("audit_owner",)]
+    assert sorted(owners) == [("audit_capture",), ("audit_owner",)]  # UNION has no order
     member = conn.execute(
         "SELECT pg_has_role('audit_mw_test_app', 'audit_owner', 'MEMBER')").fetchone()
     assert member == (False,)
