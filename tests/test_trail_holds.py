@@ -108,6 +108,24 @@ def test_a_renamed_partitioned_table_records_direct_partition_writes_under_its_n
     assert audit_rows(conn, "ledger_eu") == []
 
 
+def test_a_renamed_key_column_is_reported_and_retrack_restores_the_record_id(
+    conn: Conn,
+) -> None:
+    conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, note text)")
+    track(conn, "accounts")
+    conn.execute("ALTER TABLE accounts RENAME COLUMN id TO account_id")
+    conn.execute("INSERT INTO accounts VALUES (1, 'a')")
+    assert [r["record_id"] for r in audit_rows(conn, "accounts")] == [None]
+    (table,) = status(conn).tables
+    assert table.problems == (
+        "primary key is now (account_id), tracked as (id): record ids are read from the "
+        "columns tracked (NULL where they are gone); run `audit-mw retrack`",)
+    retrack(conn)
+    conn.execute("INSERT INTO accounts VALUES (2, 'b')")
+    assert [r["record_id"] for r in audit_rows(conn, "accounts")] == [None, "2"]
+    assert status(conn).ok
+
+
 def test_untrack_of_a_renamed_table_removes_its_triggers_and_record(conn: Conn) -> None:
     conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
     track(conn, "orders")

@@ -569,8 +569,27 @@ def _table_status(
     if version >= ROLES_SINCE:
         problems += _unsafe_casts(cur, tracked["oid"])
         problems += _json_problems(cur, tracked["oid"], insert)
+    problems += _key_problems(cur, tracked)
     problems += _partition_problems(cur, tracked["oid"])
     return TableStatus(name, tuple(problems))
+
+
+def _key_problems(
+    cur: psycopg.Cursor[dict[str, object]], tracked: dict[str, object]
+) -> list[str]:
+    """A primary key renamed or replaced since track: the triggers still read the record id
+    from the columns named then (NULL where they are gone)."""
+    value = tracked.get("key_columns")
+    recorded = [str(c) for c in value] if isinstance(value, (list, tuple)) else []
+    if not recorded:
+        return []  # tracked without a primary key: a NULL record id is what was chosen
+    cur.execute(_sql.query("track", "primary_key_columns"), {"oid": tracked["oid"]})
+    current = [str(r["name"]) for r in cur.fetchall()]
+    if current == recorded:
+        return []
+    return [f"primary key is now ({', '.join(current) or 'none'}), tracked as "
+            f"({', '.join(recorded)}): record ids are read from the columns tracked (NULL "
+            "where they are gone); run `audit-mw retrack`"]
 
 
 def _json_problems(
