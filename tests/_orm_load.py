@@ -47,6 +47,24 @@ class Outcome:
     samples: list[tuple[str, Any, Any]] = field(default_factory=list)
 
 
+def check_attributed(outcome: Outcome, dsn: str, requests: int = 750) -> None:
+    """Every request stored once, none attributed to another user or IP; every login too."""
+    assert outcome.failed_requests == 0
+    assert (outcome.requests, outcome.rows, outcome.missing) == (requests, requests, 0)
+    assert (outcome.wrong_users, outcome.wrong_ips) == (0, 0), outcome.samples[:5]
+    with psycopg.connect(dsn) as conn:
+        logins = conn.execute("SELECT count(*) FROM audit.events WHERE kind = 'auth'"
+                              " AND action = 'login' AND success").fetchone()
+    assert logins == (USERS,)
+
+
+def check_unattributed(outcome: Outcome) -> None:
+    """The negative control (one round, no integration): every row without user or IP."""
+    assert outcome.failed_requests == 0
+    assert outcome.wrong_users == outcome.rows == outcome.unattributed == CONCURRENCY
+    assert outcome.wrong_ips == CONCURRENCY
+
+
 @contextmanager
 def serve_asgi(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on 127.0.0.1 in a thread; yield its base URL."""
