@@ -4,6 +4,7 @@ the roles audited. Without event triggers, install and status say that DDL is no
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ from psycopg import sql
 
 from audit_mw.capture.schema import install
 from audit_mw.capture.tracking import status, track, untrack
+from tests._db import audit_rows
 from tests.conftest import Cluster
 
 Conn = psycopg.Connection[Any]
@@ -127,3 +129,129 @@ def test_without_event_triggers_status_says_ddl_is_not_watched(conn: Conn) -> No
 
 def test_with_event_triggers_status_has_no_such_note(watched: str, conn: Conn) -> None:
     assert status(conn).notes == ()
+
+
+# -- partitions created or attached after track ------------------------------------------------
+
+@pytest.fixture
+def sales(watched: str, conn: Conn) -> str:
+    """app.sales (partitioned by year, one partition), owned by the table owner and tracked
+    with ``secret`` excluded; returns the owner's DSN."""
+    with psycopg.connect(watched, autocommit=True) as own:
+        own.execute(b"""
+            CREATE TABLE app.sales (id int, year int, amount int, secret text,
+                                    PRIMARY KEY (id, year)) PARTITION BY RANGE (year);
+            CREATE TABLE app.sales_2026 PARTITION OF app.sales FOR VALUES FROM (2026) TO (2027);
+        """)
+    track(conn, "app.sales", exclude=["secret"])
+    return watched
+
+
+def _sales_rows(conn: Conn) -> list[tuple[Any, ...]]:
+    return [(r["action"], r["record_id"], r["schema_name"])
+            for r in audit_rows(conn, "sales")]
+
+
+def test_a_partition_created_after_track_is_captured_from_its_first_row(
+    sales: str, conn: Conn
+) -> None:
+    with psycopg.connect(sales, autocommit=True) as own:
+        # Created and written in one transaction, straight at the partition.
+        with own.transaction():
+            own.execute("CREATE TABLE app.sales_2027 PARTITION OF app.sales "
+                        "FOR VALUES FROM (2027) TO (2028)")
+            own.execute("INSERT INTO app.sales_2027 VALUES (1, 2027, 10, 'canary-1')")
+        with own.cursor().copy("COPY app.sales_2027 (id, year, amount, secret) FROM STDIN") as cp:
+            cp.write_row((2, 2027, 20, "canary-2"))
+        own.execute("UPDATE app.sales_2027 SET amount = amount + 1 WHERE id = 1")
+        own.execute("INSERT INTO app.sales VALUES (3, 2027, 30, 'canary-3')")
+        own.execute("DELETE FROM app.sales_2027 WHERE id = 2")
+    assert _sales_rows(conn) == [
+        ("INSERT", "[1, 2027]", "app"), ("INSERT", "[2, 2027]", "app"),
+        ("UPDATE", "[1, 2027]", "app"), ("INSERT", "[3, 2027]", "app"),
+        ("DELETE", "[2, 2027]", "app")]
+    assert "canary" not in str(audit_rows(conn, "sales"))
+    assert status(conn).ok
+
+
+def test_an_attached_table_and_its_own_partitions_are_captured(sales: str, conn: Conn) -> None:
+    with psycopg.connect(sales, autocommit=True) as own:
+        # Column numbers differ from the parent's (a dropped column, another order), so the
+        # excluded column is found by name, not by its number in the parent.
+        own.execute(b"""
+            CREATE TABLE app.sales_2028 (gone int, secret text, amount int,
+                                         year int NOT NULL, id int NOT NULL)
+                PARTITION BY RANGE (id);
+            ALTER TABLE app.sales_2028 DROP COLUMN gone;
+            CREATE TABLE app.sales_2028_low PARTITION OF app.sales_2028
+                FOR VALUES FROM (0) TO (100);
+            ALTER TABLE app.sales ATTACH PARTITION app.sales_2028
+                FOR VALUES FROM (2028) TO (2029);
+        """)
+        own.execute("INSERT INTO app.sales_2028_low (id, year, amount, secret) "
+                    "VALUES (1, 2028, 5, 'canary-low')")
+        own.execute("INSERT INTO app.sales_2028 (id, year, amount, secret) "
+                    "VALUES (2, 2028, 6, 'canary-mid')")
+        own.execute("UPDATE app.sales_2028_low SET secret = 'canary-up', amount = 7 WHERE id = 1")
+    assert _sales_rows(conn) == [("INSERT", "[1, 2028]", "app"), ("INSERT", "[2, 2028]", "app"),
+                                 ("UPDATE", "[1, 2028]", "app")]
+    assert "canary" not in str(audit_rows(conn, "sales"))
+    assert audit_rows(conn, "sales")[-1]["changed_fields"] == ["amount"]
+    assert status(conn).ok
+
+
+def test_a_partition_detached_disabled_and_attached_again_is_captured(
+    sales: str, conn: Conn
+) -> None:
+    with psycopg.connect(sales, autocommit=True) as own:
+        own.execute("ALTER TABLE app.sales DETACH PARTITION app.sales_2026")
+        # No longer a partition of a tracked table: its owner may disable what it carries.
+        own.execute("ALTER TABLE app.sales_2026 DISABLE TRIGGER audit_mw_insert")
+        own.execute("ALTER TABLE app.sales ATTACH PARTITION app.sales_2026 "
+                    "FOR VALUES FROM (2026) TO (2027)")
+        own.execute("INSERT INTO app.sales_2026 VALUES (1, 2026, 1, 's')")
+    assert _sales_rows(conn) == [("INSERT", "[1, 2026]", "app")]
+    assert status(conn).ok
+
+
+@pytest.mark.parametrize("planted", [
+    # A trigger that takes capture's name but runs the owner's own function.
+    "CREATE FUNCTION app.nothing() RETURNS trigger LANGUAGE plpgsql AS "
+    "'BEGIN RETURN NULL; END'; CREATE TRIGGER audit_mw_insert AFTER INSERT ON app.sales_2029 "
+    "FOR EACH STATEMENT EXECUTE FUNCTION app.nothing()",
+    # The capture of another tracked table (recorded under that table's name).
+    "SELECT 1",
+])
+def test_attaching_a_table_with_a_trigger_named_like_capture_is_refused(
+    sales: str, conn: Conn, planted: str
+) -> None:
+    with psycopg.connect(sales, autocommit=True) as own:
+        own.execute("CREATE TABLE app.sales_2029 (id int NOT NULL, year int NOT NULL, "
+                    "amount int, secret text)")
+        own.execute(planted.encode())
+    if planted == "SELECT 1":
+        track(conn, "app.sales_2029", allow_no_primary_key=True)
+    match = "is not audit_mw's capture" if planted != "SELECT 1" else "carries the capture of"
+    with psycopg.connect(sales, autocommit=True) as own, pytest.raises(
+            psycopg.errors.DatabaseError, match=match):
+        own.execute("ALTER TABLE app.sales ATTACH PARTITION app.sales_2029 "
+                    "FOR VALUES FROM (2029) TO (2030)")
+    assert conn.execute("SELECT count(*) FROM pg_inherits "
+                        "WHERE inhrelid = 'app.sales_2029'::regclass").fetchone() == (0,)
+
+
+def test_the_new_partitions_function_runs_nothing_another_role_can_change(
+    watched: str, conn: Conn
+) -> None:
+    """It is owned by a superuser: it may read the catalog and call pg_catalog only. Any name
+    in schema audit outside a string literal (a function, a table the schema owner could
+    turn into a view calling its own code) would run with a superuser's rights."""
+    owner, source = conn.execute(
+        "SELECT r.rolsuper, p.prosrc FROM pg_proc AS p JOIN pg_roles AS r ON r.oid = p.proowner "
+        "WHERE p.oid = 'audit.watch_partitions()'::regprocedure").fetchone()
+    assert owner is True
+    without_literals = re.sub(r"'(?:[^']|'')*'", "''", source)
+    assert "audit." not in without_literals
+    assert re.findall(r"\b([a-z_]+)\.([a-z_]+)\s*\(", without_literals)  # calls are qualified
+    assert {schema for schema, _ in re.findall(r"\b([a-z_]+)\.([a-z_]+)\s*\(",
+                                               without_literals)} == {"pg_catalog"}

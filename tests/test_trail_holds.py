@@ -201,6 +201,24 @@ def test_a_partition_whose_capture_is_dropped_is_reported(partitioned: Conn) -> 
                                         "capture (audit_mw_insert missing")
 
 
+def test_a_partition_whose_capture_is_swapped_for_another_function_is_reported(
+    partitioned: Conn
+) -> None:
+    partitioned.execute(b"""
+        CREATE FUNCTION public.nothing() RETURNS trigger LANGUAGE plpgsql AS
+            'BEGIN RETURN NULL; END';
+        DROP TRIGGER audit_mw_insert ON sales_2026;
+        CREATE TRIGGER audit_mw_insert AFTER INSERT ON sales_2026
+            FOR EACH STATEMENT EXECUTE FUNCTION public.nothing();
+        ALTER TABLE sales_2026 ENABLE ALWAYS TRIGGER audit_mw_insert;
+    """)
+    (table,) = status(partitioned).tables
+    assert table.problems == (
+        "partition public.sales_2026: trigger audit_mw_insert is not audit_mw's capture (it "
+        "runs another function): writes aimed at it are not recorded; drop it and run "
+        "`audit-mw retrack`",)
+
+
 def test_untrack_removes_the_partitions_capture(partitioned: Conn) -> None:
     untrack(partitioned, "sales")
     assert partitioned.execute(

@@ -122,8 +122,9 @@ def install(
     Runs in one transaction (all or nothing) under an advisory lock, so that two installers
     never interleave. ``writer_roles`` are granted ``audit_writer`` (record app events) and
     ``reader_roles`` ``audit_reader`` (read the trail). With ``watch_ddl`` (the default) and a
-    superuser, event triggers put DDL on tracked tables and on the trail on the timeline and
-    refuse disabling or dropping capture triggers and guards (``InstallResult.ddl_watched``;
+    superuser, event triggers put DDL on tracked tables and on the trail on the timeline,
+    refuse disabling or dropping capture triggers and guards, and capture partitions created
+    or attached after ``track`` (``InstallResult.ddl_watched``;
     without them ``status`` notes that DDL is not watched). Raises :class:`SchemaError` when the
     server is too old or a released migration differs from what was applied.
     """

@@ -45,6 +45,11 @@ PARTITIONED_SINCE = 6
 #: (migration NNNN_audited_cannot_reach; read from the file so that a renumbering stays in
 #: one place).
 ROLES_SINCE = next(m.version for m in _sql.migrations() if m.name == "audited_cannot_reach")
+#: The schema version from which new partitions get capture where DDL is watched.
+NEW_PARTITIONS_SINCE = next(m.version for m in _sql.migrations()
+                            if m.name == "new_partitions_captured")
+#: Owned by a superuser where DDL is watched (see migration 0010), else by the schema owner.
+NEW_PARTITIONS_FUNCTION = "audit.watch_partitions()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,7 +423,8 @@ def status(conn: psycopg.Connection[Any], *, app_role: str | None = None) -> Sta
 def _ddl_watched(cur: psycopg.Cursor[dict[str, object]], version: int) -> bool:
     if version < ROLES_SINCE:
         return False
-    cur.execute(_sql.query("install", "ddl_watched"))
+    cur.execute(_sql.query(
+        "install", "ddl_watched_v10" if version >= NEW_PARTITIONS_SINCE else "ddl_watched"))
     row = cur.fetchone()
     return bool(row and row["watched"])
 
@@ -475,6 +481,8 @@ def _owner_problems(
     for row in cur.fetchall():
         name, actual = str(row["name"]), str(row["owner"])
         wanted = capture_role if name in CAPTURE_FUNCTIONS else owner
+        if name == NEW_PARTITIONS_FUNCTION and row["owner_is_superuser"]:
+            continue
         if actual != wanted:
             problems.append(f"function {name} is owned by {actual}, not {wanted}: it runs "
                             "with that role's rights")
@@ -611,7 +619,16 @@ def _partition_problems(cur: psycopg.Cursor[dict[str, object]], oid: object) -> 
     problems = []
     for part in cur.fetchall():
         cur.execute(_sql.query("track", "table_triggers"), {"oid": part["oid"]})
-        states = {str(t["name"]): str(t["enabled"]) for t in cur.fetchall()}
+        triggers = cur.fetchall()
+        impostors = [str(t["name"]) for t in triggers
+                     if str(t["function"]) not in CAPTURE_FUNCTIONS]
+        if impostors:
+            problems.append(f"partition {part['schema_name']}.{part['table_name']}: trigger "
+                            f"{', '.join(impostors)} is not audit_mw's capture (it runs "
+                            "another function): writes aimed at it are not recorded; drop it "
+                            "and run `audit-mw retrack`")
+            continue
+        states = {str(t["name"]): str(t["enabled"]) for t in triggers}
         missing = [t for t in TRIGGER_NAMES if states.get(t) != "A"]
         if missing:
             problems.append(f"partition {part['schema_name']}.{part['table_name']} has no "

@@ -99,14 +99,17 @@ FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'audit';
 
 -- name: capture_functions_to_owner
 -- Before migrations run (as the owner): the capture functions go back to the schema owner,
--- who replaces them; install hands them to the capture role again afterwards.
+-- who replaces them; install hands them to the capture role again afterwards. So does the
+-- function that captures new partitions, which a superuser owns where DDL is watched.
 DO $$
 DECLARE
     f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid FROM pg_catalog.pg_proc AS p
              WHERE p.pronamespace = 'audit'::regnamespace
-               AND p.proowner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'audit_capture')
+               AND (p.proowner = (SELECT oid FROM pg_catalog.pg_roles
+                                  WHERE rolname = 'audit_capture')
+                    OR p.oid = pg_catalog.to_regprocedure('audit.watch_partitions()'))
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO audit_owner', f);
     END LOOP;
@@ -145,7 +148,9 @@ SELECT p.oid::regprocedure::text AS name,
            p.proparallel::text, pg_catalog.array_to_string(p.proconfig, ','),
            pg_catalog.pg_get_function_result(p.oid),
            pg_catalog.pg_get_function_identity_arguments(p.oid))) AS fingerprint,
-       pg_catalog.pg_get_userbyid(p.proowner) AS owner
+       pg_catalog.pg_get_userbyid(p.proowner) AS owner,
+       (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.oid = p.proowner)
+           AS owner_is_superuser
 FROM pg_catalog.pg_proc AS p
 JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
 WHERE p.pronamespace = 'audit'::regnamespace
@@ -180,13 +185,21 @@ ORDER BY 1;
 SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %(role)s) AS present;
 
 -- name: watch_ddl
--- DDL on the timeline (see migration 0009). Event triggers need a superuser.
+-- DDL on the timeline (see migration 0009), and capture on new partitions (0010). Event
+-- triggers need a superuser; the partitions' function is owned by the installing superuser
+-- (see 0010 for why it may be).
 DROP EVENT TRIGGER IF EXISTS audit_mw_ddl;
 DROP EVENT TRIGGER IF EXISTS audit_mw_drop;
+DROP EVENT TRIGGER IF EXISTS audit_mw_partitions;
+ALTER FUNCTION audit.watch_partitions() OWNER TO CURRENT_USER;
 CREATE EVENT TRIGGER audit_mw_ddl ON ddl_command_end EXECUTE FUNCTION audit.watch_ddl();
 CREATE EVENT TRIGGER audit_mw_drop ON sql_drop EXECUTE FUNCTION audit.watch_drop();
+CREATE EVENT TRIGGER audit_mw_partitions ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION audit.watch_partitions();
 ALTER EVENT TRIGGER audit_mw_ddl ENABLE ALWAYS;
 ALTER EVENT TRIGGER audit_mw_drop ENABLE ALWAYS;
+ALTER EVENT TRIGGER audit_mw_partitions ENABLE ALWAYS;
 
 -- name: ddl_watched
 -- Both event triggers present, on the package's functions, ENABLE ALWAYS.
@@ -195,4 +208,15 @@ FROM pg_catalog.pg_event_trigger AS e
 WHERE (e.evtname, e.evtevent, e.evtfoid) IN (
           ('audit_mw_ddl', 'ddl_command_end', 'audit.watch_ddl()'::regprocedure),
           ('audit_mw_drop', 'sql_drop', 'audit.watch_drop()'::regprocedure))
+  AND e.evtenabled = 'A';
+
+-- name: ddl_watched_v10
+-- From schema version 10, the event trigger that captures new partitions too.
+SELECT pg_catalog.count(*) = 3 AS watched
+FROM pg_catalog.pg_event_trigger AS e
+WHERE (e.evtname, e.evtevent, e.evtfoid) IN (
+          ('audit_mw_ddl', 'ddl_command_end', 'audit.watch_ddl()'::regprocedure),
+          ('audit_mw_drop', 'sql_drop', 'audit.watch_drop()'::regprocedure),
+          ('audit_mw_partitions', 'ddl_command_end',
+           'audit.watch_partitions()'::regprocedure))
   AND e.evtenabled = 'A';

@@ -95,7 +95,8 @@ COMMENT ON TRIGGER {trigger} ON {table} IS {comment};
 -- name: table_triggers
 -- The audit_mw triggers present on a table, with their definition and state.
 SELECT t.tgname AS name, t.tgenabled AS enabled, t.tgnargs AS nargs,
-       pg_catalog.pg_get_triggerdef(t.oid) AS definition
+       pg_catalog.pg_get_triggerdef(t.oid) AS definition,
+       t.tgfoid::pg_catalog.regprocedure::text AS function
 FROM pg_catalog.pg_trigger AS t
 WHERE t.tgrelid = %(oid)s::oid AND t.tgname LIKE 'audit\_mw\_%%' AND NOT t.tgisinternal
 ORDER BY t.tgname;
