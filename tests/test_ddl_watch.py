@@ -193,10 +193,14 @@ def test_an_attached_table_and_its_own_partitions_are_captured(sales: str, conn:
         own.execute("INSERT INTO app.sales_2028 (id, year, amount, secret) "
                     "VALUES (2, 2028, 6, 'canary-mid')")
         own.execute("UPDATE app.sales_2028_low SET secret = 'canary-up', amount = 7 WHERE id = 1")
+        with own.cursor().copy("COPY app.sales_2028 (id, year, amount, secret) FROM STDIN") as cp:
+            cp.write_row((3, 2028, 8, "canary-copy"))
+        own.execute("DELETE FROM app.sales_2028 WHERE id = 2")
     assert _sales_rows(conn) == [("INSERT", "[1, 2028]", "app"), ("INSERT", "[2, 2028]", "app"),
-                                 ("UPDATE", "[1, 2028]", "app")]
+                                 ("UPDATE", "[1, 2028]", "app"), ("INSERT", "[3, 2028]", "app"),
+                                 ("DELETE", "[2, 2028]", "app")]
     assert "canary" not in str(audit_rows(conn, "sales"))
-    assert audit_rows(conn, "sales")[-1]["changed_fields"] == ["amount"]
+    assert audit_rows(conn, "sales")[2]["changed_fields"] == ["amount"]
     assert status(conn).ok
 
 
