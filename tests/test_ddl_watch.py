@@ -204,6 +204,16 @@ def test_an_attached_table_and_its_own_partitions_are_captured(sales: str, conn:
     assert status(conn).ok
 
 
+def test_a_partition_with_a_hostile_name_is_captured(sales: str, conn: Conn) -> None:
+    name = sql.Identifier("app", "sales_2030'; DROP TABLE app.sales; --\"é")
+    with psycopg.connect(sales, autocommit=True) as own:
+        own.execute(sql.SQL("CREATE TABLE {} PARTITION OF app.sales "
+                            "FOR VALUES FROM (2030) TO (2031)").format(name))
+        own.execute(sql.SQL("INSERT INTO {} VALUES (1, 2030, 1, 'canary')").format(name))
+    assert _sales_rows(conn) == [("INSERT", "[1, 2030]", "app")]
+    assert status(conn).ok
+
+
 def test_a_partition_detached_disabled_and_attached_again_is_captured(
     sales: str, conn: Conn
 ) -> None:
