@@ -31,7 +31,7 @@ from audit_mw.testing.embedded import bin_dir
 from bench._server import SETTINGS, binaries, machine, postgres_version, use_server
 
 #: Every part, in the order they run and appear in the table.
-PARTS = ("capture", "middleware", "pool", "pool_latency", "integrity", "admin")
+PARTS = ("capture", "middleware", "pool", "pool_latency", "context_cost", "integrity", "admin")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
