@@ -177,6 +177,7 @@ def _track(
 ) -> TrackedTable:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(_sql.query("install", "lock"))
+        cur.execute(_sql.query("track", "tracking"))
         info = _resolve(cur, table)
         cur.execute(_sql.query("track", "may_track"))
         allowed = cur.fetchone()
@@ -255,6 +256,7 @@ def _track(
             "key_columns": list(keys), "excluded": list(excluded), "masked": list(masked),
             "trigger_hash": trigger_hash, "oid": info["oid"],
         })
+        cur.execute(_sql.query("track", "tracking_done"))
     return TrackedTable(str(info["schema_name"]), str(info["table_name"]), keys, excluded, masked)
 
 

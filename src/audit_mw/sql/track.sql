@@ -23,6 +23,16 @@ JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.at
 WHERE i.indrelid = %(oid)s::oid AND i.indisprimary
 ORDER BY k.position;
 
+-- name: tracking
+-- For this transaction: track puts capture on the partitions itself, so the event trigger
+-- that gives new partitions their parent's capture (migration 0010) leaves them alone. It
+-- believes this only of a superuser or a member of audit_owner.
+SELECT pg_catalog.set_config('audit_mw.tracking', 'on', true);
+
+-- name: tracking_done
+-- Unset at the end of track, which may run inside a longer transaction (a migration's).
+SELECT pg_catalog.set_config('audit_mw.tracking', '', true);
+
 -- name: drop_triggers
 DROP TRIGGER IF EXISTS audit_mw_insert ON {table};
 DROP TRIGGER IF EXISTS audit_mw_update ON {table};

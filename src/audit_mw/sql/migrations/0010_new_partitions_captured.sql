@@ -62,18 +62,29 @@ BEGIN
     FROM pg_catalog.pg_roles AS r
     LEFT JOIN pg_catalog.pg_roles AS o ON o.rolname = 'audit_owner'
     WHERE r.rolname = SESSION_USER;
+    -- track puts capture on every partition itself: it says so for its transaction, so that
+    -- its ALTER TABLE of a partitioned table does not first copy capture to every partition.
+    -- Only a session that may track anyway is believed.
+    IF COALESCE(privileged, false)
+       AND pg_catalog.current_setting('audit_mw.tracking', true) = 'on' THEN
+        RETURN;
+    END IF;
 
+    -- The relations a command names, and what is below them: a partition created (CREATE
+    -- TABLE ... PARTITION OF names it), or the partitions of a table that one was attached
+    -- to (ALTER TABLE ... ATTACH PARTITION names the parent). Not the whole tree above:
+    -- track's own ALTER TABLE of each partition would then cost a scan of every partition.
     FOR cmd IN SELECT DISTINCT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() AS c
                WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass LOOP
-        root := pg_catalog.pg_partition_root(cmd.objid);
-        IF root IS NULL OR root = ANY (seen) THEN
+        root := cmd.objid;
+        IF root = ANY (seen) THEN
             CONTINUE;
         END IF;
         seen := seen || root;
         FOR part IN SELECT t.relid, t.parentrelid
                     FROM pg_catalog.pg_partition_tree(root) AS t
                     JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
-                    WHERE t.level > 0 AND c.relkind IN ('r', 'p')
+                    WHERE t.parentrelid IS NOT NULL AND c.relkind IN ('r', 'p')
                     ORDER BY t.level, t.relid LOOP
             -- Only below a parent that has capture (read again: a deeper level may have
             -- just got it).
