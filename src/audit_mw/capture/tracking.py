@@ -425,8 +425,8 @@ def status(conn: psycopg.Connection[Any], *, app_role: str | None = None) -> Sta
 def _ddl_watched(cur: psycopg.Cursor[dict[str, object]], version: int) -> bool:
     if version < ROLES_SINCE:
         return False
-    cur.execute(_sql.query(
-        "install", "ddl_watched_v10" if version >= NEW_PARTITIONS_SINCE else "ddl_watched"))
+    cur.execute(_sql.query("install", "ddl_watched"),
+                {"expected": 3 if version >= NEW_PARTITIONS_SINCE else 2})
     row = cur.fetchone()
     return bool(row and row["watched"])
 

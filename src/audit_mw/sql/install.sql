@@ -202,21 +202,14 @@ ALTER EVENT TRIGGER audit_mw_drop ENABLE ALWAYS;
 ALTER EVENT TRIGGER audit_mw_partitions ENABLE ALWAYS;
 
 -- name: ddl_watched
--- Both event triggers present, on the package's functions, ENABLE ALWAYS.
-SELECT pg_catalog.count(*) = 2 AS watched
+-- The event triggers of the schema version (two before version 10, three from it) present,
+-- on the package's functions, ENABLE ALWAYS. to_regprocedure: a function a version lacks
+-- matches nothing.
+SELECT pg_catalog.count(*) = %(expected)s AS watched
 FROM pg_catalog.pg_event_trigger AS e
 WHERE (e.evtname, e.evtevent, e.evtfoid) IN (
-          ('audit_mw_ddl', 'ddl_command_end', 'audit.watch_ddl()'::regprocedure),
-          ('audit_mw_drop', 'sql_drop', 'audit.watch_drop()'::regprocedure))
-  AND e.evtenabled = 'A';
-
--- name: ddl_watched_v10
--- From schema version 10, the event trigger that captures new partitions too.
-SELECT pg_catalog.count(*) = 3 AS watched
-FROM pg_catalog.pg_event_trigger AS e
-WHERE (e.evtname, e.evtevent, e.evtfoid) IN (
-          ('audit_mw_ddl', 'ddl_command_end', 'audit.watch_ddl()'::regprocedure),
-          ('audit_mw_drop', 'sql_drop', 'audit.watch_drop()'::regprocedure),
+          ('audit_mw_ddl', 'ddl_command_end', pg_catalog.to_regprocedure('audit.watch_ddl()')),
+          ('audit_mw_drop', 'sql_drop', pg_catalog.to_regprocedure('audit.watch_drop()')),
           ('audit_mw_partitions', 'ddl_command_end',
-           'audit.watch_partitions()'::regprocedure))
+           pg_catalog.to_regprocedure('audit.watch_partitions()')))
   AND e.evtenabled = 'A';
