@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
-import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import psycopg
-import uvicorn
-from werkzeug.serving import make_server
 
 USERS = 200
 ROUNDS = 3
@@ -63,40 +58,6 @@ def check_unattributed(outcome: Outcome) -> None:
     assert outcome.failed_requests == 0
     assert outcome.wrong_users == outcome.rows == outcome.unattributed == CONCURRENCY
     assert outcome.wrong_ips == CONCURRENCY
-
-
-@contextmanager
-def serve_asgi(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 in a thread; yield its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                           backlog=1024))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            thread.join(0.05)
-            assert thread.is_alive(), "uvicorn did not start"
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
-
-
-@contextmanager
-def serve_wsgi(app: Any) -> Iterator[str]:
-    """Serve ``app`` with werkzeug's threaded server on 127.0.0.1; yield its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    server.socket.listen(1024)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(20)
 
 
 async def login_all(base_url: str, login: Login, usernames: list[str]

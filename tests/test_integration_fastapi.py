@@ -18,8 +18,8 @@ from tests._orm_load import (
     check_attributed,
     check_unattributed,
     run_load,
-    serve_asgi,
 )
+from tests._serve import serve_asgi
 from tests.conftest import APP_ROLE
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]

@@ -19,8 +19,8 @@ from tests._orm_load import (
     check_attributed,
     check_unattributed,
     run_load,
-    serve_wsgi,
 )
+from tests._serve import serve_wsgi
 from tests.test_integration_fastapi import ORDERS, _prepare, _write
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
