@@ -15,6 +15,11 @@ Two settings, in one run:
 - **direct** (no proxy): a new context per request against the same context on every
   request (nothing to send). Target: the new context runs at least 0.95x as fast.
 
+The audit pools run as configured by default (a new context in the ``BEGIN``'s message) and,
+in the ``pipeline_begin`` rows, with ``pipeline_begin=True`` (the ``BEGIN``, the settings and
+the statement in one pipeline: one round trip fewer, more client work); the targets apply to
+the default.
+
 Variants are interleaved within each round (who goes first rotates); medians over rounds.
 
     PYTHONPATH=src python bench/pool_latency.py           # full run
@@ -94,10 +99,15 @@ VARIANTS: dict[str, tuple[str, str, str, str, str]] = {
         "proxy", "plain", "audited", "none", "proxy / plain pool, audited table"),
     "proxy / AuditPool, new context": (
         "proxy", "audit", "audited", "new", "proxy / plain pool, audited table"),
+    "proxy / AuditPool, new context, pipeline_begin": (
+        "proxy", "audit+pipeline", "audited", "new", "proxy / plain pool, audited table"),
     "proxy / plain async pool, audited table": (
         "proxy", "async plain", "audited", "none", "proxy / plain async pool, audited table"),
     "proxy / AsyncAuditPool, new context": (
         "proxy", "async audit", "audited", "new", "proxy / plain async pool, audited table"),
+    "proxy / AsyncAuditPool, new context, pipeline_begin": (
+        "proxy", "async audit+pipeline", "audited", "new",
+        "proxy / plain async pool, audited table"),
     "direct / plain pool, no audit": (
         "direct", "plain", "plain", "none", "direct / AuditPool, same context"),
     "direct / AuditPool, same context": (
@@ -108,6 +118,8 @@ VARIANTS: dict[str, tuple[str, str, str, str, str]] = {
         "direct", "async audit", "audited", "same", "direct / AsyncAuditPool, same context"),
     "direct / AsyncAuditPool, new context": (
         "direct", "async audit", "audited", "new", "direct / AsyncAuditPool, same context"),
+    "direct / AuditPool, new context, pipeline_begin": (
+        "direct", "audit+pipeline", "audited", "new", "direct / AuditPool, same context"),
 }
 #: The end-to-end reference of each setting: a plain pool on a table without audit.
 NO_AUDIT = {"proxy": "proxy / plain pool, no audit", "direct": "direct / plain pool, no audit"}
@@ -157,15 +169,19 @@ async def _measure(
     ops: dict[str, Op] = {}
     try:
         for name, (setting, kind, table, _, _) in VARIANTS.items():
+            pool_options = dict(options)
+            if kind.endswith("+pipeline"):
+                kind = kind.removesuffix("+pipeline")
+                pool_options["pipeline_begin"] = True
             if kind.startswith("async"):
                 cls: Any = AsyncAuditPool if kind == "async audit" else AsyncConnectionPool
-                apool = cls(dsns[setting], open=False, **options)
+                apool = cls(dsns[setting], open=False, **pool_options)
                 await apool.open(wait=True)
                 async_pools.append(apool)
                 ops[name] = _async_op(apool, table)
             else:
                 cls = AuditPool if kind == "audit" else ConnectionPool
-                pool = cls(dsns[setting], open=True, **options)
+                pool = cls(dsns[setting], open=True, **pool_options)
                 pool.wait()
                 sync_pools.append(pool)
                 ops[name] = _sync_op(pool, table)

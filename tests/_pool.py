@@ -78,6 +78,19 @@ def count_round_trips(
     trusted where no pipeline runs (``tests/test_pool_round_trips.py`` counts round trips
     on the wire, through a delaying proxy).
     """
+    result, lines = protocol_trace(conn, action)
+    ready = sum(1 for line in lines if "\tReadyForQuery" in line and line.startswith("B"))
+    turns = sum(
+        1 for before, line in zip(["B", *lines], lines, strict=False)
+        if line.startswith("F") and before.startswith("B")
+    )
+    return result, ready, turns
+
+
+def protocol_trace(
+    conn: psycopg.BaseConnection[Any], action: Callable[[], T]
+) -> tuple[T, list[str]]:
+    """Run ``action``; libpq's trace of the messages it exchanged (``F``: from the client)."""
     with tempfile.TemporaryFile("w+") as trace:
         conn.pgconn.trace(trace.fileno())
         conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
@@ -89,9 +102,10 @@ def count_round_trips(
         os.fsync(trace.fileno())
         trace.seek(0)
         lines = trace.read().splitlines()
-    ready = sum(1 for line in lines if "\tReadyForQuery" in line and line.startswith("B"))
-    turns = sum(
-        1 for before, line in zip(["B", *lines], lines, strict=False)
-        if line.startswith("F") and before.startswith("B")
-    )
-    return result, ready, turns
+    return result, lines
+
+
+def sent_queries(lines: list[str]) -> list[str]:
+    """The text of each simple-protocol Query message the client sent, from a trace."""
+    return [line.split("\tQuery\t", 1)[1].strip() for line in lines
+            if line.startswith("F") and "\tQuery\t" in line]

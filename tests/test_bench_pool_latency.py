@@ -28,9 +28,12 @@ def test_quick_run_reports_every_variant_with_its_baseline_and_targets(dsn: str)
         "direct / AuditPool, new context", "direct / AsyncAuditPool, new context",
     }
     assert all(isinstance(by_name[name]["target_met"], bool) for name in targets)
-    # The proxy counts round trips: three for a plain request (BEGIN, UPDATE, COMMIT),
-    # one fewer with a new context (the settings ride with BEGIN and the UPDATE).
+    # The proxy counts round trips: three for a plain request (BEGIN, UPDATE, COMMIT), as
+    # many with a new context (the settings ride in the BEGIN's message), one fewer with
+    # pipeline_begin (BEGIN, settings and UPDATE in one pipeline).
     assert by_name["proxy / plain pool, audited table"]["round_trips"] == 3
-    assert by_name["proxy / AuditPool, new context"]["round_trips"] == 2
-    assert by_name["proxy / AsyncAuditPool, new context"]["round_trips"] == 2
+    assert by_name["proxy / AuditPool, new context"]["round_trips"] == 3
+    assert by_name["proxy / AsyncAuditPool, new context"]["round_trips"] == 3
+    assert by_name["proxy / AuditPool, new context, pipeline_begin"]["round_trips"] == 2
+    assert by_name["proxy / AsyncAuditPool, new context, pipeline_begin"]["round_trips"] == 2
     assert "round_trips" not in by_name["direct / AuditPool, new context"]

@@ -25,8 +25,10 @@ from tests._pool import (
     count_round_trips,
     create_notes,
     note_events,
+    protocol_trace,
     read_settings,
     read_settings_async,
+    sent_queries,
 )
 
 pytestmark = pytest.mark.db
@@ -187,10 +189,10 @@ def test_a_new_context_costs_no_round_trip_of_its_own(app_dsn: str, notes: Conn)
     # Not prepared: psycopg's one-off round trip to prepare a statement would blur the count.
     pool = AuditPool(app_dsn, min_size=1, max_size=1, kwargs={"prepare_threshold": None})
     with pool:
-        _count_checkout_round_trips(pool)
+        _count_checkout_round_trips(pool, notes)
 
 
-def _count_checkout_round_trips(pool: AuditPool) -> None:
+def _count_checkout_round_trips(pool: AuditPool, notes: Conn) -> None:
     def checkout() -> None:
         with pool.connection() as conn:
             conn.execute(INSERT, ["x", None])
@@ -198,21 +200,31 @@ def _count_checkout_round_trips(pool: AuditPool) -> None:
     with pool.connection() as conn:
         pass
     (conn,) = pool._pool  # the only connection, to trace it
-    # Plain: BEGIN, INSERT, COMMIT: three requests, three ReadyForQuery. A new context: the
-    # settings and a Sync, then BEGIN, INSERT and a Sync, in one pipeline (two
-    # ReadyForQuery, one round trip: tests/test_pool_round_trips.py counts those on the
-    # wire), then COMMIT. The context already there: nothing is added at all.
+    # Plain: BEGIN, INSERT, COMMIT: three requests, three ReadyForQuery, three turns.
     with audit_context(ALICE):
-        assert count_round_trips(conn, checkout)[1] == 3
+        # A connection's first context: set at session level and synced on its own, ahead of
+        # the BEGIN and in the same round trip (one more ReadyForQuery; on the wire in
+        # tests/test_pool_round_trips.py).
+        assert count_round_trips(conn, checkout)[1] == 4
+        # The context already there: nothing is added at all.
         assert count_round_trips(conn, checkout)[1:] == (3, 3)
         # An equal context (another object) is just as current.
         with audit_context(AuditContext(**{f: getattr(ALICE, f) for f in (
                 "user_id", "client_ip", "request_id", "user_agent", "extra")})):
             assert count_round_trips(conn, checkout)[1:] == (3, 3)
         with audit_context(request_id="req-c"):
-            assert count_round_trips(conn, checkout)[1] == 3
-    assert count_round_trips(conn, checkout)[1] == 3
+            # A new context: in the BEGIN's own message, only the setting that differs.
+            _, lines = protocol_trace(conn, checkout)
+            assert sent_queries(lines)[0] == (
+                '"BEGIN; SET LOCAL "audit"."request_id" = \'req-c\'"')
+            assert count_round_trips(conn, checkout)[1:] == (4, 3)  # used again: session
+            assert count_round_trips(conn, checkout)[1:] == (3, 3)
+    with audit_context(AuditContext()):
+        assert count_round_trips(conn, checkout)[1:] == (3, 3)
+        assert count_round_trips(conn, checkout)[1:] == (4, 3)
     assert count_round_trips(conn, checkout)[1:] == (3, 3)
+    assert [(e["app_user_id"], e["request_id"]) for e in note_events(notes)] == (
+        [("alice", "req-a")] * 3 + [("alice", "req-c")] * 3 + [(None, None)] * 3)
 
 
 def test_a_new_connection_is_never_assumed_clean(app_dsn: str, notes: Conn, cluster: Any) -> None:
@@ -420,8 +432,26 @@ def test_transaction_mode_costs_no_extra_round_trip(app_dsn: str, notes: Conn) -
 
         baseline = count_round_trips(plain, lambda: write(plain))[1]
 
+        def write_twice(conn: Conn) -> None:
+            conn.execute(INSERT, ["x", None])
+            conn.execute(INSERT, ["y", None])
+            conn.commit()
+
+        twice = count_round_trips(plain, lambda: write_twice(plain))[1:]
+
+    assert (baseline, twice) == (3, (4, 4))
     pool = AuditPool(app_dsn, min_size=1, max_size=1, context_mode="transaction")
     with pool, audit_context(ALICE), pool.connection() as conn:
-        # BEGIN, the settings and the INSERT in one pipeline with one Sync, then COMMIT.
-        assert baseline == 3
+        # In every transaction, the five settings as SET LOCAL in the BEGIN's own message;
+        # nothing with the later statements of the transaction.
+        for _ in range(2):
+            _, lines = protocol_trace(conn, lambda: write_twice(conn))
+            (begin,) = [q for q in sent_queries(lines) if "BEGIN" in q]
+            assert begin.startswith('"BEGIN; SET LOCAL "audit"."user_id" = \'alice\'; ')
+            assert begin.count("SET LOCAL") == 5
+            assert count_round_trips(conn, lambda: write_twice(conn))[1:] == twice
+        assert count_round_trips(conn, lambda: write(conn))[1:] == (baseline, baseline)
+        # With pipeline_begin, one pipeline (one Sync) for BEGIN, settings and INSERT.
+    with AuditPool(app_dsn, min_size=1, max_size=1, context_mode="transaction",
+                   pipeline_begin=True) as pool, audit_context(ALICE), pool.connection() as conn:
         assert count_round_trips(conn, lambda: write(conn))[1] == baseline - 1

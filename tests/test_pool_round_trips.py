@@ -58,21 +58,24 @@ def request(pool: ConnectionPool[Any], number: int, *, statements: int = 1) -> N
             conn.execute(INSERT, [f"user-{number}", f"req-{number}"])
 
 
+@pytest.mark.parametrize("pipeline_begin", [False, True])
 @pytest.mark.parametrize("autocommit", [False, True])
 def test_one_round_trip_per_statement_and_none_for_the_context(
-    proxy: LatencyProxy, slow_dsn: str, autocommit: bool, conn: Conn
+    proxy: LatencyProxy, slow_dsn: str, autocommit: bool, pipeline_begin: bool, conn: Conn
 ) -> None:
     options = {**OPTIONS, "kwargs": {**OPTIONS["kwargs"], "autocommit": autocommit}}
-    with ConnectionPool(slow_dsn, **options) as plain, AuditPool(slow_dsn, **options) as audit:
+    with ConnectionPool(slow_dsn, **options) as plain, AuditPool(
+            slow_dsn, pipeline_begin=pipeline_begin, **options) as audit:
         plain.wait()
         audit.wait()
+        # With pipeline_begin, the BEGIN rides with the settings and the first statement:
+        # one fewer than the plain pool. Else the settings ride in the BEGIN's message.
+        saved = 1 if pipeline_begin and not autocommit else 0
         for statements in (1, 3):
             # BEGIN, each INSERT, COMMIT; or in autocommit, each INSERT.
             expected = statements if autocommit else statements + 2
             assert turns(proxy, lambda s=statements: request(plain, 0, statements=s)) == expected
             for number in range(1, 4):  # every request a new context
-                # BEGIN rides with the settings: one fewer than the plain pool.
-                saved = 0 if autocommit else 1
                 assert turns(proxy, lambda n=number, s=statements: request(
                     audit, n, statements=s)) == expected - saved
 
@@ -84,18 +87,20 @@ def test_one_round_trip_per_statement_and_none_for_the_context(
                 set_user("late")
                 c.execute(INSERT, ["late", "req-late"])
 
-        assert turns(proxy, late_login) == (2 if autocommit else 3)
+        assert turns(proxy, late_login) == (2 if autocommit else 4 - saved)
     authors = {e["author"]: e["app_user_id"] for e in note_events(conn)}
     assert authors == {f"user-{n}": f"user-{n}" if n else None for n in range(4)} | {
         "late": "late"}
 
 
+@pytest.mark.parametrize("pipeline_begin", [False, True])
 def test_async_pool_one_round_trip_per_statement(
-    proxy: LatencyProxy, slow_dsn: str, conn: Conn
+    proxy: LatencyProxy, slow_dsn: str, conn: Conn, pipeline_begin: bool
 ) -> None:
     async def main() -> list[int]:
         counts = []
-        async with AsyncAuditPool(slow_dsn, open=False, **OPTIONS) as pool:
+        async with AsyncAuditPool(
+                slow_dsn, open=False, pipeline_begin=pipeline_begin, **OPTIONS) as pool:
             await pool.wait()
             for number in range(3):
                 before = proxy.turns
@@ -104,7 +109,8 @@ def test_async_pool_one_round_trip_per_statement(
                 counts.append(proxy.turns - before)
         return counts
 
-    # Settings and BEGIN and INSERT, then COMMIT.
-    assert asyncio.run(main()) == [2, 2, 2]
+    # BEGIN with the settings, INSERT, COMMIT: what a plain pool sends; with pipeline_begin
+    # the BEGIN, the settings and the INSERT in one round trip, then COMMIT.
+    assert asyncio.run(main()) == ([2, 2, 2] if pipeline_begin else [3, 3, 3])
     assert {e["author"]: e["app_user_id"] for e in note_events(conn)} == {
         f"user-{n}": f"user-{n}" for n in range(3)}

@@ -78,7 +78,17 @@ def _named(file: str) -> dict[str, str]:
     text = _read(file)
     parts = _NAME_LINE.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    return {name: _without_leading_comments(body)
+            for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def _without_leading_comments(body: str) -> str:
+    """The statement without the comment lines that introduce it: written for the reader of
+    the file, they need not travel to the server with every execution."""
+    lines = body.strip().splitlines()
+    while lines and lines[0].lstrip().startswith("--"):
+        lines.pop(0)
+    return "\n".join(lines).strip()
 
 
 def statement(file: str, name: str) -> str:

@@ -5,36 +5,57 @@ statement (``execute``, ``executemany``, ``copy``, ``stream``, server-side curso
 built by hand) by calling the connection's ``_start_query`` generator, which is where it
 decides whether to send ``BEGIN``. The instrumented connection gets its own ``_start_query``
 (an instance attribute: the class is untouched) that first compares the current context with
-what the connection is known to carry, and, when they differ, puts the ``set_config`` calls
-in front of the statement:
+what the connection is known to carry, and, when they differ, sends the settings with a
+message the statement needs anyway:
 
+- **with the BEGIN** psycopg is about to send (not autocommit, no transaction open): in
+  that ``BEGIN``'s own message, whatever runs the statement. **No round trip of their own,
+  and no pipeline**;
 - **inside a pipeline** (the audit cursors open one for ``execute`` when something must be
-  sent; psycopg opens one for ``executemany``; or the application's own): the settings go
-  in front of the statement, the client sends both before it reads any answer, and reads
-  their results together with the statement's. **No round trip of their own.**
-- **outside a pipeline** (``copy``, ``stream``, server-side cursors, hand-built cursors):
-  they are sent in a short pipeline of their own, together with the ``BEGIN`` psycopg would
-  have sent anyway when a transaction is due (no extra round trip then), else alone (one).
+  sent and no ``BEGIN`` is due; psycopg opens one for ``executemany``; or the
+  application's own): in front of the statement; the client sends both before it reads
+  any answer. **No round trip of their own;**
+- **otherwise** (``copy``, ``stream``, server-side cursors, hand-built cursors, inside a
+  transaction or in autocommit): in a short pipeline of their own, before the statement
+  (one round trip).
 
 What is sent, by the connection's transaction status before the statement:
 
-``IDLE`` (no transaction), session mode
+``IDLE`` (no transaction), a ``BEGIN`` due (not autocommit), outside a pipeline
+    ``SET LOCAL`` of each setting that differs from what the session holds (all five when
+    that is not known, and always in transaction mode), in the simple-protocol message of
+    the ``BEGIN`` itself: ``BEGIN; SET LOCAL ...``. The client waits for that ``BEGIN``
+    anyway, and nothing else is added: no pipeline, no statement of its own. The
+    transaction carries it (``carried``) until it ends; no ``ROLLBACK TO SAVEPOINT`` can
+    undo it, as no savepoint precedes it. In session mode, the first context of a
+    connection, and a context that a second ``BEGIN`` would carry again, is set at session
+    level instead (below, in a pipeline of the package's own with the ``BEGIN``), so that
+    later transactions carry nothing, or only what differs from it.
+
+``IDLE`` otherwise, session mode
     ``set_config(name, value, false)`` followed by a protocol Sync, which commits it in an
     implicit transaction of its own, *before* the ``BEGIN`` (sent right after, when the
     connection is not in autocommit). No later ``ROLLBACK`` can undo it. Recorded as known
     once its result is back.
 
-``INTRANS`` (inside a transaction), or transaction mode
+``INTRANS`` (inside a transaction), or transaction mode without a ``BEGIN`` due
     ``set_config(name, value, true)``, transaction-local, in the same transaction as the
     statement: gone at the end of the transaction, when the session-level value (known, or
     re-sent at the next ``IDLE``) is back. Once one is sent, every later statement of that
     transaction re-sends it (``dirty``): a ``ROLLBACK TO SAVEPOINT`` can undo it, and a
     transaction begun by ``conn.transaction()`` is not seen starting. Transaction mode
-    never sets anything at session level and sends the context with every statement of a
-    transaction (behind PgBouncer the next transaction may run on another server session).
+    never sets anything at session level (behind PgBouncer the next transaction may run
+    on another server session).
 
 ``INERROR`` / ``UNKNOWN``
     Nothing: the statement fails anyway.
+
+What the ``BEGIN`` carried is dropped when the transaction may have ended without the
+package seeing the next ``BEGIN``: psycopg's own ``COMMIT``, ``ROLLBACK`` and ``BEGIN``
+(``commit()``, ``transaction()``, ``tpc_begin()``; the connection's ``_exec_command`` is
+wrapped as ``_start_query`` is), a ``COMMIT``/``ROLLBACK`` tag among the results of an audit
+cursor's statement (``COMMIT AND CHAIN``, ``COMMIT; BEGIN`` in one string), and any
+statement of a pipeline after its first (earlier results are not read by the package).
 
 Whenever the outcome is not certain (an error, a cancellation, the application's own
 pipeline), the known context is dropped, so the next statement sends again: being unsure
@@ -55,7 +76,8 @@ from psycopg import BaseConnection, errors, pq, sql
 from psycopg.generators import execute, fetch_many, send
 from psycopg.pq.abc import PGconn
 
-from audit_mw.context import AuditContext, current
+from audit_mw._sql import query
+from audit_mw.context import SETTING_NAMES, AuditContext, current
 from audit_mw.errors import ConfigurationError
 from audit_mw.pool._base import ContextMode, apply_statement, check_mode, setting_values
 
@@ -64,6 +86,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "State",
+    "after_statement",
     "confirm",
     "expect",
     "forget_context",
@@ -89,12 +112,16 @@ _Commands = list[tuple[bytes, list[bytes] | None] | None]
 _NOTHING: Final = 0
 _SESSION: Final = 1
 _LOCAL: Final = 2
+_BEGIN: Final = 3
 
 
 class State:
     """What the client knows of one connection's ``audit.*`` settings."""
 
-    __slots__ = ("active", "dirty", "hold", "known", "mode", "pending", "streamed")
+    __slots__ = (
+        "active", "carried", "dirty", "hold", "known", "last", "mode", "pending", "pipeline",
+        "pipeline_begin", "streamed",
+    )
 
     def __init__(self) -> None:
         #: The context committed at session level, or None: unknown, send before the next
@@ -104,6 +131,20 @@ class State:
         self.pending: AuditContext | None = None
         #: A transaction-local apply was sent and no idle state was seen since.
         self.dirty = False
+        #: The context the open transaction carries, set with its BEGIN (``SET LOCAL`` in
+        #: the BEGIN's message): no ``ROLLBACK TO SAVEPOINT`` can undo it. None outside
+        #: such a transaction.
+        self.carried: AuditContext | None = None
+        #: The context the last BEGIN carried: seen again at the next BEGIN, it is set at
+        #: session level, so that the transactions after that carry nothing.
+        self.last: AuditContext | None = None
+        #: Send a new context's BEGIN in a pipeline with the first statement (one round trip
+        #: fewer over a network, more client work), rather than in the BEGIN's own message.
+        self.pipeline_begin = False
+        #: The id of the pipeline whose first statement was seen: only that statement may
+        #: rely on what the BEGIN carried (the results of later ones' predecessors, such as
+        #: a COMMIT AND CHAIN, are not read by the package).
+        self.pipeline = 0
         self.mode: ContextMode = "session"
         #: Whether statements carry the context (a pooled connection: only while checked out).
         self.active = True
@@ -138,28 +179,73 @@ def forget_context(conn: BaseConnection[Any]) -> None:
     if state is not None:
         state.known = None
         state.pending = None
+        state.carried = None
         state.dirty = True
 
 
-def _plan(state: State, conn: BaseConnection[Any], context: AuditContext, piped: bool) -> int:
+def _plan(
+    state: State, conn: BaseConnection[Any], context: AuditContext, piped: bool,
+    pending: bool = False,
+) -> int:
+    """What the next statement carries; ``pending``: earlier commands of the pipeline are
+    not through yet (so the transaction they leave is not known)."""
     status = conn.pgconn.transaction_status
     if status == _IDLE:
         state.dirty = False
+        state.carried = None
+        if not piped and not conn.autocommit:
+            return _plan_begin(state, context)
         if state.mode != "session":
             # Transaction-local in autocommit outside a pipeline would hold for nothing.
             return _local(state) if piped or not conn.autocommit else _NOTHING
-    elif status == _INTRANS or (status == _ACTIVE and piped):
-        if state.dirty or state.mode != "session":
-            return _local(state)
-    else:
-        return _NOTHING
+        return _NOTHING if _is_known(state, context) else _SESSION
+    if status == _INTRANS or (status == _ACTIVE and piped):
+        return _plan_in_transaction(state, context, pending)
+    return _NOTHING
+
+
+def _is_known(state: State, context: AuditContext) -> bool:
+    """Whether the session holds ``context`` already."""
     known = state.known
     if known is context:
-        return _NOTHING
+        return True
     if known is not None and known == context:
         state.known = context  # identity next time: the cheapest comparison
+        return True
+    return False
+
+
+def _plan_begin(state: State, context: AuditContext) -> int:
+    """A BEGIN is due (outside a pipeline): what travels with it."""
+    if state.mode != "session":
+        return _BEGIN
+    if _is_known(state, context):
         return _NOTHING
-    return _SESSION if status == _IDLE else _local(state)
+    last = state.last
+    if last is None:
+        # The first context of a connection: set at session level, committed before the
+        # BEGIN, so that later BEGINs carry only the settings that differ from it.
+        return _SESSION if state.known is None else _BEGIN
+    if last is context or last == context:
+        # One a second transaction uses: at session level, so that later ones carry nothing.
+        return _SESSION
+    # (After forget_context, all five, until a context lasts.)
+    return _BEGIN
+
+
+def _plan_in_transaction(state: State, context: AuditContext, pending: bool) -> int:
+    carried = state.carried
+    if state.dirty or (carried is not None and pending):
+        # Sent mid-transaction (a ROLLBACK TO SAVEPOINT may undo it), or a COMMIT queued
+        # before in the pipeline may have ended the transaction that carried it.
+        return _local(state)
+    if carried is None:
+        if state.mode == "session" and _is_known(state, context):
+            return _NOTHING
+        return _local(state)
+    if carried is context or carried == context:
+        return _NOTHING
+    return _local(state)
 
 
 def _local(state: State) -> int:
@@ -173,6 +259,12 @@ def must_send(conn: BaseConnection[Any]) -> bool:
     state = _states.get(conn)
     if state is None or not state.active or state.streamed:
         return False
+    if (
+        not state.pipeline_begin
+        and not conn.autocommit
+        and conn.pgconn.transaction_status == _IDLE
+    ):
+        return False  # the BEGIN psycopg sends first carries it: no pipeline needed
     return _plan(state, conn, current(), True) != _NOTHING
 
 
@@ -291,7 +383,12 @@ class _StartQuery:
             yield from original(conn)
             return
         context = current()
-        plan = _plan(state, conn, context, pipeline is not None)
+        pending = False
+        if pipeline is not None:
+            pending = state.pipeline == id(pipeline) or bool(
+                pipeline.command_queue or pipeline.result_queue)
+            state.pipeline = id(pipeline)
+        plan = _plan(state, conn, context, pipeline is not None, pending)
         if plan == _NOTHING:
             yield from original(conn)
             return
@@ -299,6 +396,10 @@ class _StartQuery:
         pgconn = conn.pgconn
         encoding = conn.info.encoding
         begin = not conn.autocommit and pgconn.transaction_status == _IDLE
+        if plan == _BEGIN:
+            yield from _begin_carrying(
+                state, pgconn, context, conn._get_tx_start_command(), encoding)
+            return
         commands = _commands(plan, state, context, begin and conn._get_tx_start_command(), encoding)
         if pipeline is not None:
             _queue(pipeline, pgconn, commands)
@@ -308,11 +409,112 @@ class _StartQuery:
             else:
                 yield from _run_now(pgconn, commands, encoding)
             confirm(conn)
+            if begin and plan == _SESSION:
+                state.last = context
         if not begin:
             # Autocommit or already in a transaction: psycopg's own step is a no-op, kept
             # for whatever later versions add to it.
             yield from original(conn)
 
+
+class _ExecCommand:
+    """The ``_exec_command`` of an instrumented connection: psycopg's own ``COMMIT``,
+    ``ROLLBACK`` and ``BEGIN`` (``commit()``, ``rollback()``, ``transaction()``) end or
+    begin a transaction the statements do not see; what it carried is gone with it."""
+
+    __slots__ = ("__weakref__", "_conn", "state")
+
+    def __init__(self, conn: BaseConnection[Any], state: State) -> None:
+        self._conn = weakref.ref(conn)
+        self.state = state
+
+    def __call__(self, command: Any, *args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        conn = self._conn()
+        if conn is None:  # pragma: no cover - the caller holds the connection
+            return None
+        if _bounds_transaction(conn, command):
+            # Before the command: if it fails, the transaction is over or unusable anyway.
+            self.state.carried = None
+            self.state.dirty = False
+        return (yield from type(conn)._exec_command(conn, command, *args, **kwargs))
+
+
+# What psycopg sends on its own that begins or ends a transaction; not SAVEPOINT, RELEASE
+# or ROLLBACK TO, which leave a context carried since the BEGIN in place.
+_BOUNDS: Final = re.compile(
+    rb"\s*(?:BEGIN|START|COMMIT|END|ABORT|PREPARE|ROLLBACK(?!\s+TO\b))\b", re.IGNORECASE)
+
+
+def _bounds_transaction(conn: BaseConnection[Any], command: Any) -> bool:
+    if isinstance(command, str):
+        command = command.encode()
+    elif isinstance(command, sql.Composable):
+        command = command.as_bytes(conn)
+    return isinstance(command, bytes) and _BOUNDS.match(command) is not None
+
+
+# Command tags of statements, run through a cursor, after which a transaction may go on
+# without what its BEGIN carried: COMMIT AND CHAIN, ROLLBACK [AND CHAIN | TO SAVEPOINT] (the
+# tag does not tell them apart), a multi-statement string with a COMMIT and a BEGIN.
+_ENDING_TAGS: Final = frozenset({b"COMMIT", b"ROLLBACK", b"BEGIN", b"START TRANSACTION"})
+
+
+def after_statement(conn: BaseConnection[Any], results: list[Any]) -> None:
+    """A statement ran through an audit cursor: if it may have ended the transaction its
+    BEGIN's context was carried by, that context is no longer taken as carried."""
+    state = _states.get(conn)
+    if state is None or state.carried is None:
+        return
+    for result in results:
+        if result.command_status in _ENDING_TAGS:
+            state.carried = None
+            # Unsure what the transaction holds now (a ROLLBACK TO may have kept the BEGIN's
+            # settings): every later statement of it sends the context again.
+            state.dirty = True
+            return
+
+
+def _begin_carrying(
+    state: State, pgconn: PGconn, context: AuditContext, begin: bytes, encoding: str
+) -> Generator[Any, Any, None]:
+    """Send the BEGIN with ``SET LOCAL`` of each setting the session does not hold, in one
+    simple-protocol message: one round trip, the BEGIN's own."""
+    message = _begin_message(begin, context, state.known, pgconn, encoding)
+    # Unsure until the answer is read (a cancellation, a broken connection).
+    state.dirty = True
+    state.carried = None
+    state.last = context
+    pgconn.send_query(message)
+    error = None
+    for result in (yield from execute(pgconn)):
+        if result.status == _FATAL_ERROR and error is None:
+            error = result
+    if error is not None:
+        raise errors.error_from_result(error, encoding=encoding)
+    state.dirty = False
+    state.carried = context
+
+
+def _begin_message(
+    begin: bytes, context: AuditContext, known: AuditContext | None, pgconn: PGconn,
+    encoding: str,
+) -> bytes:
+    escape = pq.Escaping(pgconn).escape_literal
+    values = setting_values(context)
+    held = setting_values(known) if known is not None else None
+    parts = [begin]
+    for index, value in enumerate(values):
+        if held is None or held[index] != value:
+            parts.append(_set_local(index) % escape(value.encode(encoding)))
+    return b"; ".join(parts)
+
+
+@functools.cache
+def _set_local(index: int) -> bytes:
+    """``SET LOCAL`` of the setting :data:`SETTING_NAMES` ``[index]``, ``%s`` for its value."""
+    schema, name = SETTING_NAMES[index].split(".")
+    return query("pool", "set_local").format(
+        setting=sql.Identifier(schema, name), value=sql.SQL("%s")).as_bytes(None)
 
 
 def _queue(pipeline: BasePipeline, pgconn: PGconn, commands: _Commands) -> None:
@@ -402,9 +604,13 @@ def _run_one_by_one(
                 raise errors.error_from_result(result, encoding=encoding)
 
 
-def install_hook(conn: BaseConnection[Any], mode: ContextMode) -> State:
+def install_hook(
+    conn: BaseConnection[Any], mode: ContextMode, pipeline_begin: bool = False
+) -> State:
     """Give ``conn`` its context-carrying ``_start_query``; return its state."""
-    if not callable(getattr(type(conn), "_start_query", None)):
+    if not callable(getattr(type(conn), "_start_query", None)) or not callable(
+        getattr(type(conn), "_exec_command", None)
+    ):
         # Deny by default: without this step statements would run unattributed.
         raise ConfigurationError(
             f"psycopg {psycopg.__version__} has no statement-start step the audit context"
@@ -412,8 +618,11 @@ def install_hook(conn: BaseConnection[Any], mode: ContextMode) -> State:
         )
     state = state_of(conn)
     state.mode = check_mode(mode)
+    state.pipeline_begin = bool(pipeline_begin)
     hook = conn.__dict__.get("_start_query")
     if not isinstance(hook, _StartQuery):
         # An instance attribute shadows the class's method for this connection only.
         conn._start_query = _StartQuery(conn, state)  # type: ignore[method-assign]
+    if not isinstance(conn.__dict__.get("_exec_command"), _ExecCommand):
+        conn._exec_command = _ExecCommand(conn, state)  # type: ignore[method-assign]
     return state

@@ -16,7 +16,9 @@ __all__ = ["forget_context", "instrument_connection"]
 C = TypeVar("C", bound=BaseConnection[Any])
 
 
-def instrument_connection(conn: C, *, context_mode: ContextMode = "session") -> C:
+def instrument_connection(
+    conn: C, *, context_mode: ContextMode = "session", pipeline_begin: bool = False
+) -> C:
     """Make every statement on ``conn`` carry the current audit context; return ``conn``.
 
     For a connection you manage yourself (an ORM's pool, a script), sync or async: from
@@ -26,11 +28,12 @@ def instrument_connection(conn: C, *, context_mode: ContextMode = "session") -> 
     factory is replaced by one derived from it (``ClientCursor``, ``RawCursor`` and
     subclasses keep working): call this *after* anything that sets ``cursor_factory``.
     Calling it again is harmless. No I/O: the context travels with the next statement.
+    ``context_mode`` and ``pipeline_begin`` are those of :class:`~audit_mw.pool.AuditPool`.
 
     Pair it with :func:`forget_context` when something outside the package may reset the
     session's settings (``RESET ALL``, ``DISCARD ALL``).
     """
-    install_hook(conn, context_mode).active = True
+    install_hook(conn, context_mode, pipeline_begin).active = True
     if isinstance(conn, AsyncConnection):
         conn.cursor_factory = derive_cursor_class(AsyncAuditCursor, conn.cursor_factory)
     elif isinstance(conn, Connection):

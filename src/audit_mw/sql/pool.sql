@@ -21,3 +21,12 @@ SELECT pg_catalog.set_config('audit.user_id', %s, true),
        pg_catalog.set_config('audit.request_id', %s, true),
        pg_catalog.set_config('audit.user_agent', %s, true),
        pg_catalog.set_config('audit.extra', %s, true);
+
+-- name: set_local
+-- Transaction level, sent in the same simple-protocol message as the BEGIN it follows (no
+-- round trip of its own), once for each setting that differs from what the session holds.
+-- A simple-protocol message has no parameters: the value is a literal escaped by libpq
+-- (PQescapeLiteral, for the connection's encoding). SET is a utility statement: cheaper than
+-- set_config() (no plan, no snapshot), so a SET TRANSACTION may still follow it. Nothing
+-- later in the transaction can undo it: there is no savepoint before it.
+SET LOCAL {setting} = {value}
