@@ -21,6 +21,8 @@ the statement in one pipeline: one round trip fewer, more client work); the targ
 the default.
 
 Variants are interleaved within each round (who goes first rotates); medians over rounds.
+Direct requests are measured in several short blocks per round (``DIRECT_BLOCKS``), each a
+sample: a request takes well under a millisecond there, about what the machine's noise is.
 
     PYTHONPATH=src python bench/pool_latency.py           # full run
     PYTHONPATH=src python bench/pool_latency.py --quick   # smoke run
@@ -52,6 +54,8 @@ from bench.pool import _database, _prepare
 DELAY = 0.001
 TARGET_PROXY_RATIO = 1.05
 TARGET_DIRECT_THROUGHPUT = 0.95
+#: Interleaved blocks of direct requests per round (see _rounds).
+DIRECT_BLOCKS = 20
 
 UPDATE = {
     "plain": b"UPDATE bench_plain SET n = n + 1 WHERE id = 1",
@@ -152,7 +156,7 @@ def run(quick: bool = False, *, dsn: str | None = None) -> list[dict[str, Any]]:
     ``rounds`` and ``requests``. ``quick``: tiny counts, for tests.
     """
     rounds = 2 if quick else 7
-    requests = {"proxy": 5 if quick else 150, "direct": 10 if quick else 600}
+    requests = {"proxy": 5 if quick else 150, "direct": 10 if quick else 100}
     with _database(dsn) as database:
         _prepare(database)
         with latency_proxy(database, DELAY) as proxy:
@@ -166,25 +170,33 @@ async def _measure(
     dsns = {"proxy": proxy.dsn(database), "direct": database}
     sync_pools: list[ConnectionPool[Any]] = []
     async_pools: list[AsyncConnectionPool[Any]] = []
+    # One pool per (setting, pool kind): the direct same- and new-context variants of a
+    # pool class share its one connection, so that what differs between them is the
+    # context only, not the backend process (its caches, the CPU it lands on).
+    shared: dict[tuple[str, str], Any] = {}
     ops: dict[str, Op] = {}
     try:
-        for name, (setting, kind, table, _, _) in VARIANTS.items():
+        for name, (setting, pool_kind, table, _, _) in VARIANTS.items():
             pool_options = dict(options)
-            if kind.endswith("+pipeline"):
-                kind = kind.removesuffix("+pipeline")
+            kind = pool_kind.removesuffix("+pipeline")
+            if kind != pool_kind:
                 pool_options["pipeline_begin"] = True
+            existing = shared.get((setting, pool_kind))
             if kind.startswith("async"):
                 cls: Any = AsyncAuditPool if kind == "async audit" else AsyncConnectionPool
-                apool = cls(dsns[setting], open=False, **pool_options)
-                await apool.open(wait=True)
-                async_pools.append(apool)
-                ops[name] = _async_op(apool, table)
+                if existing is None:
+                    existing = cls(dsns[setting], open=False, **pool_options)
+                    await existing.open(wait=True)
+                    async_pools.append(existing)
+                ops[name] = _async_op(existing, table)
             else:
                 cls = AuditPool if kind == "audit" else ConnectionPool
-                pool = cls(dsns[setting], open=True, **pool_options)
-                pool.wait()
-                sync_pools.append(pool)
-                ops[name] = _sync_op(pool, table)
+                if existing is None:
+                    existing = cls(dsns[setting], open=True, **pool_options)
+                    existing.wait()
+                    sync_pools.append(existing)
+                ops[name] = _sync_op(existing, table)
+            shared[setting, pool_kind] = existing
         return await _rounds(ops, proxy, rounds, requests)
     finally:
         for pool in sync_pools:
@@ -226,8 +238,24 @@ async def _rounds(
             shift = round_number % len(names)
             for name in names[shift:] + names[:shift]:
                 setting, _, _, kind, _ = VARIANTS[name]
-                workload = _workload(kind, requests[setting], f"{round_number}")
-                samples[name].append(await _time(ops[name], workload))
+                if setting == "proxy":
+                    workload = _workload(kind, requests[setting], f"{round_number}")
+                    samples[name].append(await _time(ops[name], workload))
+            # Direct requests take well under a millisecond, so the machine's noise is as
+            # large as what is measured: many short interleaved blocks per round, so that
+            # the median of each variant sees the same noise and the same growth of the
+            # trail.
+            direct = [name for name in names[shift:] + names[:shift]
+                      if VARIANTS[name][0] == "direct"]
+            for block in range(DIRECT_BLOCKS):
+                for name in direct[block % len(direct):] + direct[:block % len(direct)]:
+                    kind = VARIANTS[name][3]
+                    workload = _workload(kind, requests["direct"], f"{round_number}-{block}")
+                    # Untimed: a shared connection's first request after another variant's
+                    # block settles what it holds (a context used twice goes to session
+                    # level), as it is settled in a run of requests of one kind.
+                    await ops[name](workload[0])
+                    samples[name].append(await _time(ops[name], workload))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -262,7 +290,7 @@ def _rows(
             else:
                 row["target"] = f"throughput >= {TARGET_DIRECT_THROUGHPUT}"
                 row["target_met"] = 1 / ratio >= TARGET_DIRECT_THROUGHPUT
-        row["rounds"] = rounds
+        row["rounds"] = rounds if setting == "proxy" else rounds * DIRECT_BLOCKS
         row["requests"] = requests[setting]
         rows.append(row)
     return rows
