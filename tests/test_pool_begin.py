@@ -38,9 +38,10 @@ def attribution(conn: Conn) -> list[tuple[str | None, str | None]]:
 
 
 def alice_at_session_level(conn: Conn) -> None:
-    """Two transactions with alice: the second sets her at session level."""
+    """Three transactions with alice: the first (the connection's first context) sets her at
+    session level, and in transaction mode nothing does."""
     with audit_context(user_id="alice"):
-        for _ in range(2):
+        for _ in range(3):
             conn.execute(INSERT, ["alice", None])
             conn.commit()
 
@@ -113,7 +114,7 @@ def test_what_ends_the_transaction_ends_what_its_begin_carried(
             assert read_settings(conn)["audit.user_id"] == "bob"
     # ROLLBACK AND CHAIN undoes the first write of bob's.
     bobs = 1 if then is rollback_and_chain else 2
-    assert attribution(notes) == [("alice", "alice")] * 2 + [("bob", "bob")] * bobs
+    assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")] * bobs
 
 
 def test_a_two_phase_transaction_carries_the_context_too(app_dsn: str, notes: Conn) -> None:
@@ -127,7 +128,7 @@ def test_a_two_phase_transaction_carries_the_context_too(app_dsn: str, notes: Co
             conn.execute(INSERT, ["bob", None])
             assert read_settings(conn)["audit.user_id"] == "bob"
             conn.tpc_rollback()  # PREPARE TRANSACTION needs max_prepared_transactions
-    assert attribution(notes) == [("alice", "alice")] * 2 + [("bob", "bob")]
+    assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]
 
 
 def test_set_transaction_may_follow_the_settings_in_the_begin(
@@ -141,7 +142,7 @@ def test_set_transaction_may_follow_the_settings_in_the_begin(
             assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
             conn.execute(INSERT, ["bob", None])
             conn.commit()
-    assert attribution(notes) == [("alice", "alice")] * 2 + [("bob", "bob")]
+    assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]
 
 
 HOSTILE = AuditContext(
@@ -202,4 +203,4 @@ def test_after_forget_context_a_begin_carries_all_five(app_dsn: str, notes: Conn
             conn.commit()
         (begin,) = [q for q in sent_queries(lines) if "BEGIN" in q]
         assert begin.count("SET LOCAL") == 5
-    assert attribution(notes) == [("alice", "alice")] * 2 + [("bob", "bob")]
+    assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]

@@ -213,12 +213,13 @@ def test_an_unchanged_context_sends_nothing(app_dsn: str, notes: Conn) -> None:
             set_user("bob")
             # A new context rides in the BEGIN's own message: what a plain connection sends.
             assert count_round_trips(conn, write)[1:] == (3, 3)
-            # Used by a second transaction: set at session level, synced on its own ahead of
-            # the BEGIN, in the same round trip (counted on the wire in
+            assert count_round_trips(conn, write)[1:] == (3, 3)
+            # Used by a third transaction in a row: set at session level, synced on its own
+            # ahead of the BEGIN, in the same round trip (counted on the wire in
             # test_pool_round_trips.py); from then on, nothing.
             assert count_round_trips(conn, write)[1] == 4
             assert count_round_trips(conn, write)[1:] == (3, 3)
-    assert [e["app_user_id"] for e in note_events(notes)] == ["alice"] * 2 + ["bob"] * 3
+    assert [e["app_user_id"] for e in note_events(notes)] == ["alice"] * 2 + ["bob"] * 4
 
 
 def test_async_connections_and_pools(app_dsn: str, notes: Conn) -> None:

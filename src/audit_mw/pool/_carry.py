@@ -28,7 +28,7 @@ What is sent, by the connection's transaction status before the statement:
     anyway, and nothing else is added: no pipeline, no statement of its own. The
     transaction carries it (``carried``) until it ends; no ``ROLLBACK TO SAVEPOINT`` can
     undo it, as no savepoint precedes it. In session mode, the first context of a
-    connection, and a context that a second ``BEGIN`` would carry again, is set at session
+    connection, and a context that a third ``BEGIN`` in a row would carry, is set at session
     level instead (below, in a pipeline of the package's own with the ``BEGIN``), so that
     later transactions carry nothing, or only what differs from it.
 
@@ -114,12 +114,18 @@ _SESSION: Final = 1
 _LOCAL: Final = 2
 _BEGIN: Final = 3
 
+#: The transaction that sets a context at session level, counting those in a row that used
+#: it: ``SET LOCAL`` in a BEGIN costs a fraction of a session-level apply (see
+#: bench/context_cost.py), which pays for itself over the transactions after it.
+_PROMOTE_AT: Final = 3
+
 
 class State:
     """What the client knows of one connection's ``audit.*`` settings."""
 
     __slots__ = (
-        "active", "carried", "dirty", "hold", "known", "last", "mode", "pending", "pipeline",
+        "active", "carried", "dirty", "hold", "known", "last", "last_uses", "mode", "pending",
+        "pipeline",
         "pipeline_begin", "streamed",
     )
 
@@ -135,9 +141,10 @@ class State:
         #: the BEGIN's message): no ``ROLLBACK TO SAVEPOINT`` can undo it. None outside
         #: such a transaction.
         self.carried: AuditContext | None = None
-        #: The context the last BEGIN carried: seen again at the next BEGIN, it is set at
-        #: session level, so that the transactions after that carry nothing.
+        #: The context the last BEGIN carried, and how many BEGINs in a row carried it: the
+        #: one after that many (``_PROMOTE_AT``) sets it at session level instead.
         self.last: AuditContext | None = None
+        self.last_uses = 0
         #: Send a new context's BEGIN in a pipeline with the first statement (one round trip
         #: fewer over a network, more client work), rather than in the BEGIN's own message.
         self.pipeline_begin = False
@@ -226,8 +233,9 @@ def _plan_begin(state: State, context: AuditContext) -> int:
         # The first context of a connection: set at session level, committed before the
         # BEGIN, so that later BEGINs carry only the settings that differ from it.
         return _SESSION if state.known is None else _BEGIN
-    if last is context or last == context:
-        # One a second transaction uses: at session level, so that later ones carry nothing.
+    if state.last_uses >= _PROMOTE_AT - 1 and (last is context or last == context):
+        # A context that lasts (a job, a request of several transactions): at session
+        # level, once, so that the transactions after this one carry nothing.
         return _SESSION
     # (After forget_context, all five, until a context lasts.)
     return _BEGIN
@@ -411,6 +419,7 @@ class _StartQuery:
             confirm(conn)
             if begin and plan == _SESSION:
                 state.last = context
+                state.last_uses = _PROMOTE_AT
         if not begin:
             # Autocommit or already in a transaction: psycopg's own step is a no-op, kept
             # for whatever later versions add to it.
@@ -483,7 +492,11 @@ def _begin_carrying(
     # Unsure until the answer is read (a cancellation, a broken connection).
     state.dirty = True
     state.carried = None
-    state.last = context
+    if state.last is context:
+        state.last_uses += 1
+    else:
+        state.last = context
+        state.last_uses = 1
     pgconn.send_query(message)
     error = None
     for result in (yield from execute(pgconn)):

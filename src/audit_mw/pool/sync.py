@@ -68,8 +68,8 @@ class AuditPool(ConnectionPool[CT]):
         A new context travels in the message of the ``BEGIN`` that starts the transaction,
         as ``SET LOCAL`` of each setting the session does not hold already: no round trip
         of its own, no ``ROLLBACK TO SAVEPOINT`` can undo it, and it is gone at the end of
-        the transaction. The first context of a connection, and one that a second
-        transaction uses, is set at session level, committed on its own before the
+        the transaction. The first context of a connection, and one that a third
+        transaction in a row uses, is set at session level, committed on its own before the
         ``BEGIN``, so that no rollback undoes it; then nothing is sent while it stays the
         same (across checkouts too). Without a ``BEGIN`` (autocommit), or when the context
         changes inside a transaction, the settings go in a pipeline in front of the
