@@ -204,3 +204,24 @@ def test_after_forget_context_a_begin_carries_all_five(app_dsn: str, notes: Conn
         (begin,) = [q for q in sent_queries(lines) if "BEGIN" in q]
         assert begin.count("SET LOCAL") == 5
     assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]
+
+
+def test_pipelines_of_their_own_rely_on_what_the_begin_carried(
+    app_dsn: str, notes: Conn
+) -> None:
+    # executemany runs in a pipeline of psycopg's own: its first statement may rely on the
+    # BEGIN's settings (nothing ran before it in that pipeline), however many there are.
+    with psycopg.connect(app_dsn) as conn:
+        instrument_connection(conn)
+        alice_at_session_level(conn)
+        with audit_context(user_id="bob"):
+            def writes() -> None:
+                conn.execute(INSERT, ["bob", None])
+                for _ in range(3):
+                    conn.cursor().executemany(INSERT, [["bob", None], ["bob", None]])
+                conn.execute(INSERT, ["bob", None])
+                conn.commit()
+
+            _, lines = protocol_trace(conn, writes)
+    assert not [line for line in lines if "set_config" in line]
+    assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")] * 8

@@ -148,10 +148,11 @@ class State:
         #: Send a new context's BEGIN in a pipeline with the first statement (one round trip
         #: fewer over a network, more client work), rather than in the BEGIN's own message.
         self.pipeline_begin = False
-        #: The id of the pipeline whose first statement was seen: only that statement may
-        #: rely on what the BEGIN carried (the results of later ones' predecessors, such as
-        #: a COMMIT AND CHAIN, are not read by the package).
-        self.pipeline = 0
+        #: The pipeline whose first statement was seen: only that statement may rely on what
+        #: the BEGIN carried (the results of later ones' predecessors, such as a COMMIT AND
+        #: CHAIN, are not read by the package). Weak, and compared by identity: a new
+        #: pipeline may get the address, hence the id(), of one that is gone.
+        self.pipeline: weakref.ref[Any] | None = None
         self.mode: ContextMode = "session"
         #: Whether statements carry the context (a pooled connection: only while checked out).
         self.active = True
@@ -393,9 +394,10 @@ class _StartQuery:
         context = current()
         pending = False
         if pipeline is not None:
-            pending = state.pipeline == id(pipeline) or bool(
+            seen = state.pipeline
+            pending = (seen is not None and seen() is pipeline) or bool(
                 pipeline.command_queue or pipeline.result_queue)
-            state.pipeline = id(pipeline)
+            state.pipeline = weakref.ref(pipeline)
         plan = _plan(state, conn, context, pipeline is not None, pending)
         if plan == _NOTHING:
             yield from original(conn)
