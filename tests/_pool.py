@@ -46,6 +46,11 @@ def note_events(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
         return cur.fetchall()
 
 
+def attribution(conn: psycopg.Connection[Any]) -> list[tuple[str | None, str | None]]:
+    """(author written in the row, user recorded by the trigger), in order."""
+    return [(e["author"], e["app_user_id"]) for e in note_events(conn)]
+
+
 READ_SETTINGS = (
     "SELECT "
     + ", ".join(f"current_setting('{name}', true)" for name in SETTING_NAMES)

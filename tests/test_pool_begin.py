@@ -11,7 +11,7 @@ attribute a write to her instead of to ``bob``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -19,7 +19,14 @@ import pytest
 
 from audit_mw.context import AuditContext, audit_context
 from audit_mw.pool import AuditClientCursor, AuditPool, forget_context, instrument_connection
-from tests._pool import create_notes, note_events, protocol_trace, read_settings, sent_queries
+from tests._pool import (
+    attribution,
+    create_notes,
+    note_events,
+    protocol_trace,
+    read_settings,
+    sent_queries,
+)
 
 pytestmark = pytest.mark.db
 
@@ -33,10 +40,6 @@ def notes(conn: Conn) -> Conn:
     return conn
 
 
-def attribution(conn: Conn) -> list[tuple[str | None, str | None]]:
-    return [(e["author"], e["app_user_id"]) for e in note_events(conn)]
-
-
 def alice_at_session_level(conn: Conn) -> None:
     """Three transactions with alice: the first (the connection's first context) sets her at
     session level, and in transaction mode nothing does."""
@@ -44,6 +47,16 @@ def alice_at_session_level(conn: Conn) -> None:
         for _ in range(3):
             conn.execute(INSERT, ["alice", None])
             conn.commit()
+
+
+@contextlib.contextmanager
+def bob_after_alice(app_dsn: str, mode: str = "session") -> Iterator[Conn]:
+    """An instrumented connection with alice at session level, and bob the current user."""
+    with psycopg.connect(app_dsn) as conn:
+        instrument_connection(conn, context_mode=mode)  # type: ignore[arg-type]
+        alice_at_session_level(conn)
+        with audit_context(user_id="bob"):
+            yield conn
 
 
 def bob_in_the_begin(conn: Conn) -> None:
@@ -102,46 +115,37 @@ def inside_own_pipeline(conn: Conn) -> None:
 def test_what_ends_the_transaction_ends_what_its_begin_carried(
     app_dsn: str, notes: Conn, then: Callable[[Conn], None], mode: str
 ) -> None:
-    with psycopg.connect(app_dsn) as conn:
-        instrument_connection(conn, context_mode=mode)  # type: ignore[arg-type]
-        alice_at_session_level(conn)
-        with audit_context(user_id="bob"):
-            if mode == "session":
-                bob_in_the_begin(conn)
-            else:
-                conn.execute(INSERT, ["bob", None])
-            then(conn)
-            assert read_settings(conn)["audit.user_id"] == "bob"
+    with bob_after_alice(app_dsn, mode) as conn:
+        if mode == "session":
+            bob_in_the_begin(conn)
+        else:
+            conn.execute(INSERT, ["bob", None])
+        then(conn)
+        assert read_settings(conn)["audit.user_id"] == "bob"
     # ROLLBACK AND CHAIN undoes the first write of bob's.
     bobs = 1 if then is rollback_and_chain else 2
     assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")] * bobs
 
 
 def test_a_two_phase_transaction_carries_the_context_too(app_dsn: str, notes: Conn) -> None:
-    with psycopg.connect(app_dsn) as conn:
-        instrument_connection(conn)
-        alice_at_session_level(conn)
-        with audit_context(user_id="bob"):
-            bob_in_the_begin(conn)
-            conn.commit()
-            conn.tpc_begin(conn.xid(1, "audit-mw-test", "b"))  # psycopg's own BEGIN
-            conn.execute(INSERT, ["bob", None])
-            assert read_settings(conn)["audit.user_id"] == "bob"
-            conn.tpc_rollback()  # PREPARE TRANSACTION needs max_prepared_transactions
+    with bob_after_alice(app_dsn) as conn:
+        bob_in_the_begin(conn)
+        conn.commit()
+        conn.tpc_begin(conn.xid(1, "audit-mw-test", "b"))  # psycopg's own BEGIN
+        conn.execute(INSERT, ["bob", None])
+        assert read_settings(conn)["audit.user_id"] == "bob"
+        conn.tpc_rollback()  # PREPARE TRANSACTION needs max_prepared_transactions
     assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]
 
 
 def test_set_transaction_may_follow_the_settings_in_the_begin(
     app_dsn: str, notes: Conn
 ) -> None:
-    with psycopg.connect(app_dsn) as conn:
-        instrument_connection(conn)
-        alice_at_session_level(conn)
-        with audit_context(user_id="bob"):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-            assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
-            conn.execute(INSERT, ["bob", None])
-            conn.commit()
+    with bob_after_alice(app_dsn) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
+        conn.execute(INSERT, ["bob", None])
+        conn.commit()
     assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]
 
 
@@ -211,17 +215,14 @@ def test_pipelines_of_their_own_rely_on_what_the_begin_carried(
 ) -> None:
     # executemany runs in a pipeline of psycopg's own: its first statement may rely on the
     # BEGIN's settings (nothing ran before it in that pipeline), however many there are.
-    with psycopg.connect(app_dsn) as conn:
-        instrument_connection(conn)
-        alice_at_session_level(conn)
-        with audit_context(user_id="bob"):
-            def writes() -> None:
-                conn.execute(INSERT, ["bob", None])
-                for _ in range(3):
-                    conn.cursor().executemany(INSERT, [["bob", None], ["bob", None]])
-                conn.execute(INSERT, ["bob", None])
-                conn.commit()
+    with bob_after_alice(app_dsn) as conn:
+        def writes() -> None:
+            conn.execute(INSERT, ["bob", None])
+            for _ in range(3):
+                conn.cursor().executemany(INSERT, [["bob", None], ["bob", None]])
+            conn.execute(INSERT, ["bob", None])
+            conn.commit()
 
-            _, lines = protocol_trace(conn, writes)
+        _, lines = protocol_trace(conn, writes)
     assert not [line for line in lines if "set_config" in line]
     assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")] * 8

@@ -22,6 +22,7 @@ from audit_mw.pool import (
 )
 from tests._pool import (
     EMPTY_SETTINGS,
+    attribution,
     count_round_trips,
     create_notes,
     note_events,
@@ -45,11 +46,6 @@ def notes(conn: Conn) -> Conn:
 def pool(app_dsn: str, notes: Conn) -> Iterator[AuditPool]:
     with AuditPool(app_dsn, min_size=1, max_size=1, timeout=10) as pool:
         yield pool
-
-
-def attribution(conn: Conn) -> list[tuple[str | None, str | None]]:
-    """(author written in the row, user recorded by the trigger), in order."""
-    return [(e["author"], e["app_user_id"]) for e in note_events(conn)]
 
 
 @pytest.mark.parametrize("autocommit", [False, True])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,12 +29,12 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
-from werkzeug.serving import make_server
 
 from audit_mw.pool import AsyncAuditPool, AuditPool
 from audit_mw.web.asgi import AuditMiddleware
 from audit_mw.web.wsgi import WSGIAuditMiddleware
 from tests._pool import create_notes, note_events
+from tests._serve import serve_wsgi
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -214,16 +213,9 @@ def flask_app(pool: AuditPool) -> flask.Flask:
 
 @pytest.fixture
 def wsgi_server(app_dsn: str) -> Iterator[str]:
-    with AuditPool(app_dsn, min_size=5, max_size=5, timeout=60) as pool:
-        server = make_server("127.0.0.1", 0, flask_app(pool), threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_port}"
-        finally:
-            server.shutdown()
-            thread.join(10)
-            server.server_close()
+    with AuditPool(app_dsn, min_size=5, max_size=5, timeout=60) as pool, \
+            serve_wsgi(flask_app(pool)) as url:
+        yield url
 
 
 def test_flask_on_threaded_server_and_pool_attributes_every_row(

@@ -368,8 +368,8 @@ def _statement(local: bool) -> bytes:
     return apply_statement(local).replace(b"%s", b"$%d") % (1, 2, 3, 4, 5)
 
 
-class _StartQuery:
-    """The ``_start_query`` of an instrumented connection; see the module docstring."""
+class _ConnectionStep:
+    """A step of psycopg's connection replaced on one instance: knows its connection and state."""
 
     __slots__ = ("__weakref__", "_conn", "state")
 
@@ -377,6 +377,12 @@ class _StartQuery:
         # Weak: the connection holds this object, which must not keep it alive.
         self._conn = weakref.ref(conn)
         self.state = state
+
+
+class _StartQuery(_ConnectionStep):
+    """The ``_start_query`` of an instrumented connection; see the module docstring."""
+
+    __slots__ = ()
 
     def __call__(self) -> Generator[Any, Any, None]:
         conn = self._conn()
@@ -428,16 +434,12 @@ class _StartQuery:
             yield from original(conn)
 
 
-class _ExecCommand:
+class _ExecCommand(_ConnectionStep):
     """The ``_exec_command`` of an instrumented connection: psycopg's own ``COMMIT``,
     ``ROLLBACK`` and ``BEGIN`` (``commit()``, ``rollback()``, ``transaction()``) end or
     begin a transaction the statements do not see; what it carried is gone with it."""
 
-    __slots__ = ("__weakref__", "_conn", "state")
-
-    def __init__(self, conn: BaseConnection[Any], state: State) -> None:
-        self._conn = weakref.ref(conn)
-        self.state = state
+    __slots__ = ()
 
     def __call__(self, command: Any, *args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         conn = self._conn()
