@@ -19,6 +19,7 @@ import pytest
 
 from audit_mw.context import AuditContext, audit_context
 from audit_mw.pool import AuditClientCursor, AuditPool, forget_context, instrument_connection
+from audit_mw.pool._carry import _begin_message, _set_locals
 from tests._pool import (
     attribution,
     create_notes,
@@ -176,6 +177,53 @@ def test_hostile_values_in_the_begin_message_are_recorded_exactly(
             "SELECT host(client_ip), user_agent, context_extra FROM audit.events"
             " WHERE new_values ->> 'author' = 'hostile'").fetchone()
     assert row == ("2001:db8::1", HOSTILE.user_agent, dict(HOSTILE.extra))
+
+
+# Values the BEGIN's message quotes as they are (ASCII, no quote, no backslash), and values it
+# leaves to libpq: each must read back exactly, whatever the encoding and the string syntax.
+LITERALS = [
+    "req-1", "a;b -- c", "$$ $q$ /* */", "tab\there\nnewline", "E'", "x'y", "back\\slash",
+    "\\'; SET LOCAL audit.user_id = 'pwned'; --", "日本語", "ソ' ; --", "x" * 256,
+]
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "SJIS"])
+@pytest.mark.parametrize("standard_strings", ["on", "off"])
+def test_begin_literals_are_libpq_s_and_read_back_exactly(
+    app_dsn: str, encoding: str, standard_strings: str
+) -> None:
+    with psycopg.connect(app_dsn) as conn:
+        conn.execute(f"SET client_encoding = {encoding}")
+        conn.execute(f"SET standard_conforming_strings = {standard_strings}")
+        conn.commit()
+        escape = psycopg.pq.Escaping(conn.pgconn).escape_literal
+        python_encoding = conn.info.encoding
+        for value in LITERALS:
+            if encoding == "SJIS" and not _encodes(value, python_encoding):
+                continue
+            context = AuditContext(user_id=value, request_id="req-2", user_agent=value)
+            message = _begin_message(b"BEGIN", context, None, conn)
+            expected = b"; ".join([b"BEGIN"] + [
+                head + escape(setting.encode(python_encoding))
+                for head, setting in zip(_set_locals(), context.setting_values(), strict=True)
+            ])
+            assert message == expected, value
+            conn.pgconn.send_query(message)
+            while (result := conn.pgconn.get_result()) is not None:
+                assert result.status == psycopg.pq.ExecStatus.COMMAND_OK, result.error_message
+            settings = read_settings(conn)
+            conn.rollback()
+            assert settings["audit.user_id"] == value
+            assert settings["audit.user_agent"] == value
+            assert settings["audit.request_id"] == "req-2"
+
+
+def _encodes(value: str, encoding: str) -> bool:
+    try:
+        value.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def test_a_pool_of_new_contexts_sends_only_what_differs(app_dsn: str, notes: Conn) -> None:

@@ -147,8 +147,9 @@ class AuditContext:
     request_id: str | None = None
     user_agent: str | None = None
     extra: Mapping[str, str] = field(default_factory=_no_extra, hash=False)
-    # Filled on the first settings() call; the pools call it whenever they send a context.
-    _settings: dict[str, str] | None = field(
+    # Filled on the first setting_values() call; the pools call it whenever they send a
+    # context, so it is computed once per instance and never copied.
+    _values: tuple[str, str, str, str, str] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
 
@@ -202,26 +203,31 @@ class AuditContext:
         """The PostgreSQL settings that carry this context, keyed by :data:`SETTING_NAMES`.
 
         Absent values are empty strings (a custom setting cannot be NULL). ``audit.extra``
-        is compact JSON with sorted keys, or ``""`` when there is no extra. The result is
-        computed once per instance; each call returns a fresh copy.
+        is compact JSON with sorted keys, or ``""`` when there is no extra. Each call
+        returns a new dict.
         """
-        settings = self._settings
-        if settings is None:
+        return dict(zip(SETTING_NAMES, self.setting_values(), strict=True))
+
+    def setting_values(self) -> tuple[str, str, str, str, str]:
+        """The values of :meth:`settings`, in :data:`SETTING_NAMES` order.
+
+        Computed once per instance (the tuple is immutable, so it is shared, not copied).
+        """
+        values = self._values
+        if values is None:
             extra = self.extra
-            settings = {
-                "audit.user_id": self.user_id or "",
-                "audit.ip_address": self.client_ip or "",
-                "audit.request_id": self.request_id or "",
-                "audit.user_agent": self.user_agent or "",
-                "audit.extra": (
-                    json.dumps(dict(extra), separators=(",", ":"), ensure_ascii=False)
-                    if extra
-                    else ""
-                ),
-            }
+            values = (
+                self.user_id or "",
+                self.client_ip or "",
+                self.request_id or "",
+                self.user_agent or "",
+                json.dumps(dict(extra), separators=(",", ":"), ensure_ascii=False)
+                if extra
+                else "",
+            )
             # Frozen dataclass: the cache is the one attribute set after construction.
-            object.__setattr__(self, "_settings", settings)
-        return settings.copy()
+            object.__setattr__(self, "_values", values)
+        return values
 
 
 class _Cell:

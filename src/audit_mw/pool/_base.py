@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, TypeVar, get_args
 from psycopg import BaseConnection, pq
 
 from audit_mw._sql import statement
-from audit_mw.context import SETTING_NAMES, AuditContext
+from audit_mw.context import AuditContext
 from audit_mw.errors import ConfigurationError
 
 __all__ = [
@@ -57,8 +57,7 @@ def apply_statement(local: bool) -> bytes:
 
 def setting_values(context: AuditContext) -> tuple[str, ...]:
     """The parameters of :func:`apply_statement`, in :data:`SETTING_NAMES` order."""
-    settings = context.settings()
-    return tuple(settings[name] for name in SETTING_NAMES)
+    return context.setting_values()
 
 
 def check_session_apply(conn: BaseConnection[Any]) -> None:

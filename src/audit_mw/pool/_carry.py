@@ -217,10 +217,15 @@ def _is_known(state: State, context: AuditContext) -> bool:
     known = state.known
     if known is context:
         return True
-    if known is not None and known == context:
+    if known is not None and _same(known, context):
         state.known = context  # identity next time: the cheapest comparison
         return True
     return False
+
+
+def _same(one: AuditContext, other: AuditContext) -> bool:
+    """Whether two contexts set the same values: their cached settings, compared."""
+    return one is other or one.setting_values() == other.setting_values()
 
 
 def _plan_begin(state: State, context: AuditContext) -> int:
@@ -234,7 +239,7 @@ def _plan_begin(state: State, context: AuditContext) -> int:
         # The first context of a connection: set at session level, committed before the
         # BEGIN, so that later BEGINs carry only the settings that differ from it.
         return _SESSION if state.known is None else _BEGIN
-    if state.last_uses >= _PROMOTE_AT - 1 and (last is context or last == context):
+    if state.last_uses >= _PROMOTE_AT - 1 and _same(last, context):
         # A context that lasts (a job, a request of several transactions): at session
         # level, once, so that the transactions after this one carry nothing.
         return _SESSION
@@ -252,7 +257,7 @@ def _plan_in_transaction(state: State, context: AuditContext, pending: bool) -> 
         if state.mode == "session" and _is_known(state, context):
             return _NOTHING
         return _local(state)
-    if carried is context or carried == context:
+    if _same(carried, context):
         return _NOTHING
     return _local(state)
 
@@ -409,13 +414,12 @@ class _StartQuery(_ConnectionStep):
             yield from original(conn)
             return
 
+        if plan == _BEGIN:
+            yield from _begin_carrying(state, conn, context)
+            return
         pgconn = conn.pgconn
         encoding = conn.info.encoding
         begin = not conn.autocommit and pgconn.transaction_status == _IDLE
-        if plan == _BEGIN:
-            yield from _begin_carrying(
-                state, pgconn, context, conn._get_tx_start_command(), encoding)
-            return
         commands = _commands(plan, state, context, begin and conn._get_tx_start_command(), encoding)
         if pipeline is not None:
             _queue(pipeline, pgconn, commands)
@@ -488,11 +492,12 @@ def after_statement(conn: BaseConnection[Any], results: list[Any]) -> None:
 
 
 def _begin_carrying(
-    state: State, pgconn: PGconn, context: AuditContext, begin: bytes, encoding: str
+    state: State, conn: BaseConnection[Any], context: AuditContext
 ) -> Generator[Any, Any, None]:
     """Send the BEGIN with ``SET LOCAL`` of each setting the session does not hold, in one
     simple-protocol message: one round trip, the BEGIN's own."""
-    message = _begin_message(begin, context, state.known, pgconn, encoding)
+    pgconn = conn.pgconn
+    message = _begin_message(conn._get_tx_start_command(), context, state.known, conn)
     # Unsure until the answer is read (a cancellation, a broken connection).
     state.dirty = True
     state.carried = None
@@ -507,31 +512,50 @@ def _begin_carrying(
         if result.status == _FATAL_ERROR and error is None:
             error = result
     if error is not None:
-        raise errors.error_from_result(error, encoding=encoding)
+        raise errors.error_from_result(error, encoding=conn.info.encoding)
     state.dirty = False
     state.carried = context
 
 
 def _begin_message(
-    begin: bytes, context: AuditContext, known: AuditContext | None, pgconn: PGconn,
-    encoding: str,
+    begin: bytes, context: AuditContext, known: AuditContext | None, conn: BaseConnection[Any]
 ) -> bytes:
-    escape = pq.Escaping(pgconn).escape_literal
-    values = setting_values(context)
-    held = setting_values(known) if known is not None else None
+    held = known.setting_values() if known is not None else _NOTHING_HELD
     parts = [begin]
-    for index, value in enumerate(values):
-        if held is None or held[index] != value:
-            parts.append(_set_local(index) % escape(value.encode(encoding)))
+    escape = None
+    for set_local, value, old in zip(_set_locals(), context.setting_values(), held, strict=True):
+        if value == old:
+            continue
+        if value.isascii() and "'" not in value and "\\" not in value:
+            # ASCII with nothing to escape, which every client encoding PostgreSQL
+            # accepts spells alike: quoted as is, as libpq would, without the call (a
+            # request id, a user id, an address).
+            parts.append(b"%s'%s'" % (set_local, value.encode("ascii")))
+            continue
+        if escape is None:
+            escape = pq.Escaping(conn.pgconn).escape_literal
+            encoding = conn.info.encoding
+        parts.append(set_local + escape(value.encode(encoding)))
     return b"; ".join(parts)
 
 
+#: What the session holds when it is not known: no setting, so every one is sent.
+_NOTHING_HELD: Final = (None,) * len(SETTING_NAMES)
+
+
 @functools.cache
-def _set_local(index: int) -> bytes:
-    """``SET LOCAL`` of the setting :data:`SETTING_NAMES` ``[index]``, ``%s`` for its value."""
-    schema, name = SETTING_NAMES[index].split(".")
-    return query("pool", "set_local").format(
-        setting=sql.Identifier(schema, name), value=sql.SQL("%s")).as_bytes(None)
+def _set_locals() -> tuple[bytes, ...]:
+    """``SET LOCAL`` of each setting of :data:`SETTING_NAMES`, up to its value."""
+    heads = []
+    for setting in SETTING_NAMES:
+        schema, name = setting.split(".")
+        statement = query("pool", "set_local").format(
+            setting=sql.Identifier(schema, name), value=sql.SQL("%s")).as_bytes(None)
+        head, tail = statement.split(b"%s")
+        if tail.strip():  # pragma: no cover - the statement ends with its value
+            raise RuntimeError("pool.sql: set_local must end with its value")
+        heads.append(head)
+    return tuple(heads)
 
 
 def _queue(pipeline: BasePipeline, pgconn: PGconn, commands: _Commands) -> None:
