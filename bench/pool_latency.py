@@ -20,9 +20,12 @@ in the ``pipeline_begin`` rows, with ``pipeline_begin=True`` (the ``BEGIN``, the
 the statement in one pipeline: one round trip fewer, more client work); the targets apply to
 the default.
 
-Variants are interleaved within each round (who goes first rotates); medians over rounds.
-Direct requests are measured in several short blocks per round (``DIRECT_BLOCKS``), each a
-sample: a request takes well under a millisecond there, about what the machine's noise is.
+Variants are interleaved in short blocks of requests (who goes first rotates), each block a
+sample. A ratio is the median, over blocks, of a variant's time against its baseline's in the
+same block, measured next to each other: the machine's speed drifts by tens of percent
+within a run (a shared machine), which a ratio of two medians over the whole run would pass
+on, and a ratio of neighbouring blocks cancels. Direct requests take well under a
+millisecond, so there are many blocks (``DIRECT_BLOCKS`` per round).
 
     PYTHONPATH=src python bench/pool_latency.py           # full run
     PYTHONPATH=src python bench/pool_latency.py --quick   # smoke run
@@ -54,8 +57,9 @@ from bench.pool import _database, _prepare
 DELAY = 0.001
 TARGET_PROXY_RATIO = 1.05
 TARGET_DIRECT_THROUGHPUT = 0.95
-#: Interleaved blocks of direct requests per round (see _rounds).
-DIRECT_BLOCKS = 20
+#: Interleaved blocks of requests per round (see _rounds), by setting.
+PROXY_BLOCKS = 3
+DIRECT_BLOCKS = 40
 
 UPDATE = {
     "plain": b"UPDATE bench_plain SET n = n + 1 WHERE id = 1",
@@ -149,14 +153,15 @@ def run(quick: bool = False, *, dsn: str | None = None) -> list[dict[str, Any]]:
     """Measure every variant; one dict per variant (see the module docstring).
 
     Each dict has ``name``, ``metric`` (``ms_per_request``), ``value`` (median over
-    rounds), ``unit``, ``baseline``, ``ratio`` (value / baseline's value: above 1 is
-    slower), ``throughput`` (its inverse), ``ratio_to_no_audit`` (against a plain pool on a
-    table without audit, same setting), ``round_trips`` (per request, counted by the proxy;
-    through the proxy only), ``target`` and ``target_met`` (on the audit pools' rows),
-    ``rounds`` and ``requests``. ``quick``: tiny counts, for tests.
+    blocks), ``unit``, ``baseline``, ``ratio`` (the median over blocks of the block's time
+    against the baseline's block measured next to it: above 1 is slower), ``throughput``
+    (its inverse), ``ratio_to_no_audit`` (the same, against a plain pool on a table without
+    audit, same setting), ``round_trips`` (per request, counted by the proxy; through the
+    proxy only), ``target`` and ``target_met`` (on the audit pools' rows), ``rounds`` (the
+    blocks measured) and ``requests`` (per block). ``quick``: tiny counts, for tests.
     """
     rounds = 2 if quick else 7
-    requests = {"proxy": 5 if quick else 150, "direct": 10 if quick else 100}
+    requests = {"proxy": 5 if quick else 50, "direct": 10 if quick else 50}
     with _database(dsn) as database:
         _prepare(database)
         with latency_proxy(database, DELAY) as proxy:
@@ -236,26 +241,21 @@ async def _rounds(
         for round_number in range(rounds):
             names = list(ops)
             shift = round_number % len(names)
-            for name in names[shift:] + names[:shift]:
-                setting, _, _, kind, _ = VARIANTS[name]
-                if setting == "proxy":
-                    workload = _workload(kind, requests[setting], f"{round_number}")
-                    samples[name].append(await _time(ops[name], workload))
-            # Direct requests take well under a millisecond, so the machine's noise is as
-            # large as what is measured: many short interleaved blocks per round, so that
-            # the median of each variant sees the same noise and the same growth of the
-            # trail.
-            direct = [name for name in names[shift:] + names[:shift]
-                      if VARIANTS[name][0] == "direct"]
-            for block in range(DIRECT_BLOCKS):
-                for name in direct[block % len(direct):] + direct[:block % len(direct)]:
-                    kind = VARIANTS[name][3]
-                    workload = _workload(kind, requests["direct"], f"{round_number}-{block}")
-                    # Untimed: a shared connection's first request after another variant's
-                    # block settles what it holds (a context used twice goes to session
-                    # level), as it is settled in a run of requests of one kind.
-                    await ops[name](workload[0])
-                    samples[name].append(await _time(ops[name], workload))
+            for setting, blocks in (("proxy", PROXY_BLOCKS), ("direct", DIRECT_BLOCKS)):
+                # Short interleaved blocks: each variant's block runs next to its
+                # baseline's, so that a ratio of the two sees the same machine speed.
+                chosen = [name for name in names[shift:] + names[:shift]
+                          if VARIANTS[name][0] == setting]
+                for block in range(blocks):
+                    for name in chosen[block % len(chosen):] + chosen[:block % len(chosen)]:
+                        kind = VARIANTS[name][3]
+                        workload = _workload(
+                            kind, requests[setting], f"{round_number}-{block}")
+                        # Untimed: a shared connection's first request after another
+                        # variant's block settles what it holds (a lasting context goes to
+                        # session level), as it is settled in a run of requests of one kind.
+                        await ops[name](workload[0])
+                        samples[name].append(await _time(ops[name], workload))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -270,7 +270,7 @@ def _rows(
     rows = []
     for name, median in medians.items():
         setting, kind, _, context, baseline = VARIANTS[name]
-        ratio = median / medians[baseline]
+        ratio = _paired_ratio(samples[name], samples[baseline])
         row: dict[str, Any] = {
             "name": name,
             "metric": "ms_per_request",
@@ -279,7 +279,7 @@ def _rows(
             "baseline": baseline,
             "ratio": ratio,
             "throughput": 1 / ratio,
-            "ratio_to_no_audit": median / medians[NO_AUDIT[setting]],
+            "ratio_to_no_audit": _paired_ratio(samples[name], samples[NO_AUDIT[setting]]),
         }
         if setting == "proxy":
             row["round_trips"] = trips[name]
@@ -290,10 +290,15 @@ def _rows(
             else:
                 row["target"] = f"throughput >= {TARGET_DIRECT_THROUGHPUT}"
                 row["target_met"] = 1 / ratio >= TARGET_DIRECT_THROUGHPUT
-        row["rounds"] = rounds if setting == "proxy" else rounds * DIRECT_BLOCKS
+        row["rounds"] = rounds * (PROXY_BLOCKS if setting == "proxy" else DIRECT_BLOCKS)
         row["requests"] = requests[setting]
         rows.append(row)
     return rows
+
+
+def _paired_ratio(values: list[float], baseline: list[float]) -> float:
+    """The median of each block's time against the baseline's block of the same round."""
+    return statistics.median(value / base for value, base in zip(values, baseline, strict=True))
 
 
 def _print_table(results: list[dict[str, Any]]) -> None:
