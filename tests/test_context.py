@@ -147,6 +147,16 @@ def test_settings_are_cached_but_returned_as_copies() -> None:
     assert context == AuditContext(user_id="alice")
 
 
+def test_setting_values_are_the_settings_in_order_computed_once() -> None:
+    context = AuditContext(user_id="alice", request_id="req-1", extra={"b": "2", "a": "1"})
+    values = context.setting_values()
+    assert values == tuple(context.settings()[name] for name in SETTING_NAMES)
+    assert values == ("alice", "", "req-1", "", '{"a":"1","b":"2"}')
+    assert context.setting_values() is values
+    # A context built from another starts without the other's cache.
+    assert dataclasses.replace(context, user_id="bob").setting_values()[0] == "bob"
+
+
 # --- bind / reset ------------------------------------------------------------------------
 
 
