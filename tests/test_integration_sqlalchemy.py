@@ -8,12 +8,13 @@ from typing import Any
 import psycopg
 import pytest
 from audit_mw_examples.fastapi_sqlalchemy.app import sqlalchemy_url
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from audit_mw.capture.tracking import track
 from audit_mw.context import audit_context, set_user
 from audit_mw.errors import ConfigurationError
 from audit_mw.integrations.sqlalchemy import instrument_engine, is_instrumented
+from tests._pool import protocol_trace, sent_queries
 
 pytestmark = pytest.mark.db
 
@@ -63,6 +64,56 @@ def test_a_rollback_leaves_no_wrong_context_for_the_next_checkout(
     with engine.begin() as db:
         db.execute(text("UPDATE notes SET body = 'nobody' WHERE id = 2"))
     assert _trail(conn) == [("bob", "bob", "r2"), ("nobody", None, None)]
+
+
+REQUEST = {"user_id": "alice", "client_ip": "192.0.2.1", "user_agent": "browser/1"}
+
+
+def _begins_of_a_second_request(engine: Engine) -> list[str]:
+    """Two requests of alice through the one pooled connection; the second's BEGIN messages."""
+    with audit_context(request_id="r1", **REQUEST), engine.begin() as db:
+        db.execute(text("UPDATE notes SET body = 'r1' WHERE id = 1"))
+    with audit_context(request_id="r2", **REQUEST), engine.begin() as db:
+        driver = db.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        _, lines = protocol_trace(
+            driver, lambda: db.execute(text("UPDATE notes SET body = 'r2' WHERE id = 1")))
+    return [query for query in sent_queries(lines) if "BEGIN" in query]
+
+
+def _full_trail(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT new_values->>'body', app_user_id, host(client_ip), user_agent, request_id"
+        " FROM audit.events WHERE kind = 'data' ORDER BY id").fetchall()
+
+
+EXPECTED = [("r1", "alice", "192.0.2.1", "browser/1", "r1"),
+            ("r2", "alice", "192.0.2.1", "browser/1", "r2")]
+
+
+def test_a_connection_back_from_the_pool_carries_only_what_differs(
+        engine: Engine, conn: psycopg.Connection[Any]) -> None:
+    # SQLAlchemy's own reset (ROLLBACK) cannot undo settings made at session level: the next
+    # checkout's BEGIN carries the request id only.
+    assert _begins_of_a_second_request(engine) == [
+        '"BEGIN; SET LOCAL "audit"."request_id" = \'r2\'"']
+    assert _full_trail(conn) == EXPECTED
+
+
+@pytest.mark.parametrize("where", ["reset", "checkin"])
+def test_a_listener_that_may_reset_settings_on_return_makes_it_send_everything(
+        engine: Engine, conn: psycopg.Connection[Any], where: str) -> None:
+    # SQLAlchemy's documented custom reset for PostgreSQL, added after instrument_engine.
+    def reset_all(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.rollback()
+        dbapi_connection.execute("RESET ALL")
+        dbapi_connection.commit()
+
+    event.listen(engine, where, reset_all)
+    begins = _begins_of_a_second_request(engine)
+    assert len(begins) == 1
+    assert begins[0].count("SET LOCAL") == 5
+    assert _full_trail(conn) == EXPECTED
 
 
 def test_only_psycopg_engines_are_accepted() -> None:

@@ -10,16 +10,24 @@ through the same session, Flask-Login's loader) is carried by the next statement
 extra round trip, and nothing of a previous checkout is ever taken for current: what a
 connection holds is tracked per connection and compared before every statement.
 
-On return to SQLAlchemy's pool (``checkin``) what the connection carries is forgotten, so
-that whatever ran on return (SQLAlchemy's ROLLBACK cannot undo the settings, but a reset
-handler of the app may run ``DISCARD ALL``) the next checkout's first statement sends the
-context again: a few bytes in the same round trip, never a round trip of its own. A
-connection SQLAlchemy invalidates is forgotten too; its replacement is instrumented when
-it is opened.
+On return to SQLAlchemy's pool (``checkin``) what the connection carries is kept when only
+SQLAlchemy's own reset ran (its ``ROLLBACK`` or ``COMMIT``, which cannot undo settings made
+at session level), so the next checkout's ``BEGIN`` carries only what differs (with one user
+per request: the user id and the request id). It is forgotten when the pool has a ``reset``
+listener, or a ``checkin`` listener of someone else, since either may run ``RESET ALL`` or
+``DISCARD ALL`` (SQLAlchemy documents such a reset for PostgreSQL): the next checkout then
+sends the whole context, still in the same round trip. Listeners are looked up at each
+return, so one added after :func:`instrument_engine` counts. From its return to its next
+checkout the connection's statements carry no context (:func:`~audit_mw.pool.suspend_context`):
+a ``checkin`` listener that runs after this package's would otherwise carry the context
+with its own statements, and its ``RESET ALL`` would then wipe out unseen what they set. A
+connection SQLAlchemy invalidates is forgotten too; its replacement is instrumented when it
+is opened.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Final
 
 from psycopg import AsyncConnection, Connection
@@ -28,7 +36,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from audit_mw.errors import ConfigurationError
-from audit_mw.pool import forget_context, instrument_connection
+from audit_mw.pool import forget_context, instrument_connection, suspend_context
 
 __all__ = ["instrument_engine", "is_instrumented"]
 
@@ -70,7 +78,7 @@ def instrument_engine(engine: Engine | AsyncEngine) -> None:
     event.listen(pool, "connect", _instrument)
     # Idempotent and without I/O: also covers connections opened before this call.
     event.listen(pool, "checkout", _instrument_on_checkout)
-    event.listen(pool, "checkin", _forget_on_checkin)
+    event.listen(pool, "checkin", _ForgetOnCheckin(sync_engine))
     event.listen(pool, "invalidate", _forget)
     event.listen(pool, "soft_invalidate", _forget)
     setattr(sync_engine, _MARK, True)
@@ -96,9 +104,32 @@ def _instrument_on_checkout(dbapi_connection: Any, connection_record: Any,
     instrument_connection(_driver(dbapi_connection))
 
 
-def _forget_on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
-    if dbapi_connection is not None:  # None when the connection was invalidated
-        forget_context(_driver(dbapi_connection))
+class _ForgetOnCheckin:
+    """The ``checkin`` listener: forgets what the connection carries when anything but
+    SQLAlchemy's own rollback or commit may have run on return (see the module docstring)."""
+
+    __slots__ = ("__weakref__", "_engine")
+
+    def __init__(self, engine: Engine) -> None:
+        # Weak: the engine's pool holds this listener. The engine, not its pool: dispose()
+        # replaces the pool, and the new one inherits the listeners.
+        self._engine = weakref.ref(engine)
+
+    def __call__(self, dbapi_connection: Any, connection_record: Any) -> None:
+        if dbapi_connection is None:  # None when the connection was invalidated
+            return
+        driver = _driver(dbapi_connection)
+        # Whatever other checkin listeners run next is not a request's: no context, and no
+        # session-level apply that their own RESET ALL would then wipe out unseen.
+        suspend_context(driver)
+        engine = self._engine()
+        dispatch = engine.pool.dispatch if engine is not None else None
+        if (
+            dispatch is None
+            or bool(dispatch.reset)
+            or any(listener is not self for listener in dispatch.checkin)
+        ):
+            forget_context(driver)
 
 
 def _forget(dbapi_connection: Any, connection_record: Any, exception: Any) -> None:

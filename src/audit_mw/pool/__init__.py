@@ -15,7 +15,7 @@ from audit_mw.pool.async_ import (
     AsyncAuditPool,
     aapply_context,
 )
-from audit_mw.pool.instrument import forget_context, instrument_connection
+from audit_mw.pool.instrument import forget_context, instrument_connection, suspend_context
 from audit_mw.pool.sync import AuditClientCursor, AuditCursor, AuditPool, apply_context
 
 __all__ = [
@@ -30,4 +30,5 @@ __all__ = [
     "apply_context",
     "forget_context",
     "instrument_connection",
+    "suspend_context",
 ]
