@@ -20,6 +20,10 @@ T = TypeVar("T")
 EMPTY_SETTINGS = dict.fromkeys(SETTING_NAMES, "")
 
 
+#: One row of ``notes`` (author, request id): the tracked write the pool tests attribute.
+INSERT_NOTE = "INSERT INTO notes (author, request_id) VALUES (%s, %s)"
+
+
 def create_notes(conn: psycopg.Connection[Any], grant_to: str | None = None) -> None:
     """A tracked table whose rows name the request that wrote them, to compare with."""
     conn.execute("""

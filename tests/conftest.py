@@ -23,6 +23,7 @@ from psycopg import sql
 
 from audit_mw.capture.schema import install
 from audit_mw.testing.embedded import EmbeddedServer, resolve_dsn
+from tests._pool import create_notes
 
 #: A login role without privileges beyond what the tests grant: the "application".
 APP_ROLE = "audit_mw_test_app"
@@ -130,6 +131,13 @@ def conn(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A superuser connection (autocommit) to a fresh database with the schema installed."""
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def notes(conn: psycopg.Connection[tuple[object, ...]]) -> psycopg.Connection[tuple[object, ...]]:
+    """``conn``, with the tracked ``notes`` table of the pool tests, writable by the app role."""
+    create_notes(conn, grant_to="audit_mw_test_app")
+    return conn
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from audit_mw.pool import (
 )
 from tests._pool import (
     EMPTY_SETTINGS,
+    INSERT_NOTE,
     count_round_trips,
-    create_notes,
     note_events,
     protocol_trace,
     read_settings,
@@ -34,16 +34,9 @@ from tests._pool import (
 pytestmark = pytest.mark.db
 
 Conn = psycopg.Connection[Any]
-INSERT = "INSERT INTO notes (author, request_id) VALUES (%s, %s)"
 ALICE = AuditContext(user_id="alice", client_ip="10.0.0.1", request_id="req-a", user_agent="ua",
                      extra={"tenant": "t1"})
 ANON = AuditContext(user_id="anonymous", client_ip="10.0.0.2", request_id="req-b")
-
-
-@pytest.fixture
-def notes(conn: Conn) -> Conn:
-    create_notes(conn, grant_to="audit_mw_test_app")
-    return conn
 
 
 @pytest.fixture
@@ -75,18 +68,18 @@ def test_every_statement_of_a_checkout_is_attributed(
     with AuditPool(app_dsn, min_size=1, max_size=1, kwargs={"autocommit": autocommit}) as pool:
         with audit_context(ALICE), pool.connection() as conn:
             assert read_settings(conn) == ALICE.settings()
-            conn.execute(INSERT, ["first", None])
+            conn.execute(INSERT_NOTE, ["first", None])
             if not autocommit:
                 conn.commit()
             with conn.transaction():
-                conn.execute(INSERT, ["second", None])
+                conn.execute(INSERT_NOTE, ["second", None])
             # A rollback mid-checkout does not take the context with it.
             with pytest.raises(psycopg.errors.DivisionByZero):
                 fail_in_transaction(conn)
-            conn.execute(INSERT, ["after rollback", None])
+            conn.execute(INSERT_NOTE, ["after rollback", None])
             if not autocommit:
                 conn.rollback()
-                conn.execute(INSERT, ["after second rollback", None])
+                conn.execute(INSERT_NOTE, ["after second rollback", None])
         assert settings_after_return(pool) == EMPTY_SETTINGS
 
     events = note_events(notes)
@@ -99,25 +92,25 @@ def test_every_statement_of_a_checkout_is_attributed(
 
 def fail_in_transaction(conn: Conn) -> None:
     with conn.transaction():
-        conn.execute(INSERT, ["rolled back", None])
+        conn.execute(INSERT_NOTE, ["rolled back", None])
         conn.execute("SELECT 1/0")
 
 
 def write_as(pool: AuditPool, context: AuditContext | None, author: str) -> None:
     with audit_context(context or AuditContext()), pool.connection() as conn:
-        conn.execute(INSERT, [author, None])
+        conn.execute(INSERT_NOTE, [author, None])
 
 
 def leave_open(pool: AuditPool) -> None:
     conn = pool.getconn()
-    conn.execute(INSERT, ["alice-uncommitted", None])
+    conn.execute(INSERT_NOTE, ["alice-uncommitted", None])
     pool.putconn(conn)  # in transaction: the pool rolls it back
 
 
 def raise_inside(pool: AuditPool) -> None:
     def body() -> None:
         with pool.connection() as conn:
-            conn.execute(INSERT, ["alice-raised", None])
+            conn.execute(INSERT_NOTE, ["alice-raised", None])
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
@@ -127,7 +120,7 @@ def raise_inside(pool: AuditPool) -> None:
 def break_connection(pool: AuditPool) -> None:
     def body() -> None:
         with pool.connection() as conn:
-            conn.execute(INSERT, ["alice-broke", None])
+            conn.execute(INSERT_NOTE, ["alice-broke", None])
             conn.commit()
             conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
 
@@ -137,7 +130,7 @@ def break_connection(pool: AuditPool) -> None:
 
 def finish_cleanly(pool: AuditPool) -> None:
     with pool.connection() as conn:
-        conn.execute(INSERT, ["alice", None])
+        conn.execute(INSERT_NOTE, ["alice", None])
 
 
 @pytest.mark.parametrize(
@@ -182,7 +175,7 @@ def test_jobs_are_attributed_to_the_job_and_no_context_to_nobody(
 
 def write_as_current(pool: AuditPool, author: str) -> None:
     with pool.connection() as conn:
-        conn.execute(INSERT, [author, None])
+        conn.execute(INSERT_NOTE, [author, None])
 
 
 def test_a_new_context_costs_no_round_trip_of_its_own(app_dsn: str, notes: Conn) -> None:
@@ -195,7 +188,7 @@ def test_a_new_context_costs_no_round_trip_of_its_own(app_dsn: str, notes: Conn)
 def _count_checkout_round_trips(pool: AuditPool, notes: Conn) -> None:
     def checkout() -> None:
         with pool.connection() as conn:
-            conn.execute(INSERT, ["x", None])
+            conn.execute(INSERT_NOTE, ["x", None])
 
     with pool.connection() as conn:
         pass
@@ -253,11 +246,11 @@ def test_an_invalid_context_mode_is_refused(app_dsn: str) -> None:
 def test_apply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) -> None:
     with psycopg.connect(app_dsn) as conn:
         assert apply_context(conn, ALICE) is ALICE
-        conn.execute(INSERT, ["session", None])
+        conn.execute(INSERT_NOTE, ["session", None])
         conn.commit()
-        conn.execute(INSERT, ["rolled back", None])
+        conn.execute(INSERT_NOTE, ["rolled back", None])
         conn.rollback()  # the context was committed before: it survives
-        conn.execute(INSERT, ["after rollback", None])
+        conn.execute(INSERT_NOTE, ["after rollback", None])
         conn.commit()
         # Already carried: nothing is sent.
         assert count_round_trips(conn, lambda: apply_context(conn, ALICE))[1] == 0
@@ -266,9 +259,9 @@ def test_apply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) ->
         with pytest.raises(ConfigurationError, match="would undo it"):
             apply_context(conn, ANON)
         apply_context(conn, ANON, local=True)
-        conn.execute(INSERT, ["local", None])
+        conn.execute(INSERT_NOTE, ["local", None])
         conn.commit()
-        conn.execute(INSERT, ["back to session", None])
+        conn.execute(INSERT_NOTE, ["back to session", None])
         conn.commit()
 
         conn.autocommit = True
@@ -276,7 +269,7 @@ def test_apply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) ->
             apply_context(conn, ANON, local=True)
         with audit_context(user_id="job:x"):
             apply_context(conn)
-        conn.execute(INSERT, ["current", None])
+        conn.execute(INSERT_NOTE, ["current", None])
 
     assert users_by_author(notes) == {
         "session": {"alice"}, "after rollback": {"alice"}, "local": {"anonymous"},
@@ -288,9 +281,9 @@ def test_aapply_context_on_a_connection_of_ones_own(app_dsn: str, notes: Conn) -
     async def main() -> dict[str, str]:
         async with await psycopg.AsyncConnection.connect(app_dsn) as conn:
             await aapply_context(conn, ALICE)
-            await conn.execute(INSERT, ["session", None])
+            await conn.execute(INSERT_NOTE, ["session", None])
             await conn.rollback()
-            await conn.execute(INSERT, ["after rollback", None])
+            await conn.execute(INSERT_NOTE, ["after rollback", None])
             await conn.commit()
             await aapply_context(conn, ANON, local=True)
             return await read_settings_async(conn)
@@ -307,16 +300,16 @@ def test_async_pool_attributes_and_never_leaks(app_dsn: str, notes: Conn) -> Non
         seen = []
         async with AsyncAuditPool(app_dsn, min_size=1, max_size=1, open=False) as pool:
             async with audit_context(ALICE), pool.connection() as conn:
-                await conn.execute(INSERT, ["alice", None])
+                await conn.execute(INSERT_NOTE, ["alice", None])
                 await conn.rollback()
-                await conn.execute(INSERT, ["alice after rollback", None])
+                await conn.execute(INSERT_NOTE, ["alice after rollback", None])
             async with pool.connection() as conn:
                 seen.append(await read_settings_async(conn))
 
             # Cancelled while holding the connection, in the middle of a statement.
             async def slow() -> None:
                 async with audit_context(ALICE), pool.connection() as conn:
-                    await conn.execute(INSERT, ["alice cancelled", None])
+                    await conn.execute(INSERT_NOTE, ["alice cancelled", None])
                     await conn.execute("SELECT pg_sleep(5)")
 
             task = asyncio.create_task(slow())
@@ -325,10 +318,10 @@ def test_async_pool_attributes_and_never_leaks(app_dsn: str, notes: Conn) -> Non
             with pytest.raises(asyncio.CancelledError):
                 await task
             async with audit_context(ANON), pool.connection() as conn:
-                await conn.execute(INSERT, ["anonymous", None])
+                await conn.execute(INSERT_NOTE, ["anonymous", None])
             async with pool.connection() as conn:
                 seen.append(await read_settings_async(conn))
-                await conn.execute(INSERT, ["nobody", None])
+                await conn.execute(INSERT_NOTE, ["nobody", None])
         return seen
 
     assert asyncio.run(main()) == [EMPTY_SETTINGS, EMPTY_SETTINGS]
@@ -349,7 +342,7 @@ def test_async_checkout_cancelled_while_applying_returns_the_connection(
                     # A new request id each time, so that every checkout has to apply.
                     context = AuditContext(user_id="alice", request_id=f"req-{step}")
                     async with audit_context(context), pool.connection() as conn:
-                        await conn.execute(INSERT, ["alice", None])
+                        await conn.execute(INSERT_NOTE, ["alice", None])
 
                 task = asyncio.create_task(checkout())
                 for _ in range(step):
@@ -358,7 +351,7 @@ def test_async_checkout_cancelled_while_applying_returns_the_connection(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             async with audit_context(ANON), pool.connection(timeout=5) as conn:
-                await conn.execute(INSERT, ["anonymous", None])
+                await conn.execute(INSERT_NOTE, ["anonymous", None])
             async with pool.connection(timeout=5) as conn:
                 return await read_settings_async(conn)
 
@@ -377,13 +370,13 @@ def test_transaction_mode_attributes_each_statement_and_leaves_no_session_state(
                    kwargs={"autocommit": autocommit}) as pool:
         with audit_context(ALICE), pool.connection() as conn:
             assert isinstance(conn.cursor(), AuditCursor)
-            conn.execute(INSERT, ["one", None])
+            conn.execute(INSERT_NOTE, ["one", None])
             with conn.transaction():
-                conn.execute(INSERT, ["two", None])
-                conn.cursor().executemany(INSERT, [["many", None], ["many", None]])
+                conn.execute(INSERT_NOTE, ["two", None])
+                conn.cursor().executemany(INSERT_NOTE, [["many", None], ["many", None]])
             with pytest.raises(psycopg.errors.DivisionByZero):
                 fail_in_transaction(conn)
-            conn.execute(INSERT, ["three", None])
+            conn.execute(INSERT_NOTE, ["three", None])
             with conn.transaction(), conn.cursor().copy(
                     "COPY notes (author) FROM STDIN") as copy:
                 copy.write_row(["copied"])
@@ -430,14 +423,14 @@ def test_transaction_mode_costs_no_extra_round_trip(app_dsn: str, notes: Conn) -
         plain.commit()
 
         def write(conn: Conn) -> None:
-            conn.execute(INSERT, ["x", None])
+            conn.execute(INSERT_NOTE, ["x", None])
             conn.commit()
 
         baseline = count_round_trips(plain, lambda: write(plain))[1]
 
         def write_twice(conn: Conn) -> None:
-            conn.execute(INSERT, ["x", None])
-            conn.execute(INSERT, ["y", None])
+            conn.execute(INSERT_NOTE, ["x", None])
+            conn.execute(INSERT_NOTE, ["y", None])
             conn.commit()
 
         twice = count_round_trips(plain, lambda: write_twice(plain))[1:]

@@ -21,8 +21,8 @@ from audit_mw.context import AuditContext, audit_context
 from audit_mw.pool import AuditClientCursor, AuditPool, forget_context, instrument_connection
 from audit_mw.pool._carry import _begin_message, _set_locals
 from tests._pool import (
+    INSERT_NOTE,
     attribution,
-    create_notes,
     note_events,
     protocol_trace,
     read_settings,
@@ -32,13 +32,6 @@ from tests._pool import (
 pytestmark = pytest.mark.db
 
 Conn = psycopg.Connection[Any]
-INSERT = "INSERT INTO notes (author, request_id) VALUES (%s, %s)"
-
-
-@pytest.fixture
-def notes(conn: Conn) -> Conn:
-    create_notes(conn, grant_to="audit_mw_test_app")
-    return conn
 
 
 def alice_at_session_level(conn: Conn) -> None:
@@ -46,7 +39,7 @@ def alice_at_session_level(conn: Conn) -> None:
     session level, and in transaction mode nothing does."""
     with audit_context(user_id="alice"):
         for _ in range(3):
-            conn.execute(INSERT, ["alice", None])
+            conn.execute(INSERT_NOTE, ["alice", None])
             conn.commit()
 
 
@@ -62,49 +55,49 @@ def bob_after_alice(app_dsn: str, mode: str = "session") -> Iterator[Conn]:
 
 def bob_in_the_begin(conn: Conn) -> None:
     """Open a transaction whose BEGIN carries bob (a context seen for the first time)."""
-    _, lines = protocol_trace(conn, lambda: conn.execute(INSERT, ["bob", None]))
+    _, lines = protocol_trace(conn, lambda: conn.execute(INSERT_NOTE, ["bob", None]))
     assert sent_queries(lines)[0].startswith('"BEGIN; SET LOCAL "audit"."user_id" = \'bob\'')
 
 
 def commit_then_transaction(conn: Conn) -> None:
     conn.commit()
     with conn.transaction():  # its BEGIN is psycopg's own, not a statement's
-        conn.execute(INSERT, ["bob", None])
+        conn.execute(INSERT_NOTE, ["bob", None])
 
 
 def commit_and_chain(conn: Conn) -> None:
     conn.execute("COMMIT AND CHAIN")
-    conn.execute(INSERT, ["bob", None])
+    conn.execute(INSERT_NOTE, ["bob", None])
     conn.commit()
 
 
 def commit_and_begin_in_one_string(conn: Conn) -> None:
     AuditClientCursor(conn).execute("COMMIT; BEGIN")
-    conn.execute(INSERT, ["bob", None])
+    conn.execute(INSERT_NOTE, ["bob", None])
     conn.commit()
 
 
 def rollback_and_chain(conn: Conn) -> None:
     conn.execute("ROLLBACK AND CHAIN")
-    conn.execute(INSERT, ["bob", None])
+    conn.execute(INSERT_NOTE, ["bob", None])
     conn.commit()
 
 
 def rollback_to_a_savepoint(conn: Conn) -> None:
     with contextlib.suppress(ZeroDivisionError), conn.transaction():  # a savepoint
-        conn.execute(INSERT, ["lost", None])
+        conn.execute(INSERT_NOTE, ["lost", None])
         raise ZeroDivisionError  # rolled back to it
     conn.execute("SAVEPOINT s")
-    conn.execute(INSERT, ["lost", None])
+    conn.execute(INSERT_NOTE, ["lost", None])
     conn.execute("ROLLBACK TO SAVEPOINT s")
-    conn.execute(INSERT, ["bob", None])
+    conn.execute(INSERT_NOTE, ["bob", None])
     conn.commit()
 
 
 def inside_own_pipeline(conn: Conn) -> None:
     with conn.pipeline():
         conn.execute("COMMIT AND CHAIN")
-        conn.execute(INSERT, ["bob", None])
+        conn.execute(INSERT_NOTE, ["bob", None])
     conn.commit()
 
 
@@ -120,7 +113,7 @@ def test_what_ends_the_transaction_ends_what_its_begin_carried(
         if mode == "session":
             bob_in_the_begin(conn)
         else:
-            conn.execute(INSERT, ["bob", None])
+            conn.execute(INSERT_NOTE, ["bob", None])
         then(conn)
         assert read_settings(conn)["audit.user_id"] == "bob"
     # ROLLBACK AND CHAIN undoes the first write of bob's.
@@ -133,7 +126,7 @@ def test_a_two_phase_transaction_carries_the_context_too(app_dsn: str, notes: Co
         bob_in_the_begin(conn)
         conn.commit()
         conn.tpc_begin(conn.xid(1, "audit-mw-test", "b"))  # psycopg's own BEGIN
-        conn.execute(INSERT, ["bob", None])
+        conn.execute(INSERT_NOTE, ["bob", None])
         assert read_settings(conn)["audit.user_id"] == "bob"
         conn.tpc_rollback()  # PREPARE TRANSACTION needs max_prepared_transactions
     assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]
@@ -145,7 +138,7 @@ def test_set_transaction_may_follow_the_settings_in_the_begin(
     with bob_after_alice(app_dsn) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
         assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
-        conn.execute(INSERT, ["bob", None])
+        conn.execute(INSERT_NOTE, ["bob", None])
         conn.commit()
     assert attribution(notes) == [("alice", "alice")] * 3 + [("bob", "bob")]
 
@@ -166,7 +159,7 @@ def test_hostile_values_in_the_begin_message_are_recorded_exactly(
         instrument_connection(conn)
         alice_at_session_level(conn)
         with audit_context(HOSTILE):
-            _, lines = protocol_trace(conn, lambda: conn.execute(INSERT, ["hostile", None]))
+            _, lines = protocol_trace(conn, lambda: conn.execute(INSERT_NOTE, ["hostile", None]))
             assert sent_queries(lines)[0].startswith('"BEGIN; SET LOCAL ')
             conn.commit()
     (event,) = [e for e in note_events(notes) if e["author"] == "hostile"]
@@ -232,7 +225,7 @@ def test_a_pool_of_new_contexts_sends_only_what_differs(app_dsn: str, notes: Con
             context = AuditContext(user_id="carol", client_ip="192.0.2.1",
                                    request_id=f"req-{number}", user_agent="ua")
             with audit_context(context), pool.connection() as conn:
-                _, lines = protocol_trace(conn, lambda: conn.execute(INSERT, ["carol", None]))
+                _, lines = protocol_trace(conn, lambda: conn.execute(INSERT_NOTE, ["carol", None]))
             begin = [q for q in sent_queries(lines) if "BEGIN" in q]
             if number == 0:
                 assert begin == []  # the connection's first context: at session level
@@ -251,7 +244,7 @@ def test_after_forget_context_a_begin_carries_all_five(app_dsn: str, notes: Conn
         conn.commit()
         forget_context(conn)
         with audit_context(user_id="bob"):
-            _, lines = protocol_trace(conn, lambda: conn.execute(INSERT, ["bob", None]))
+            _, lines = protocol_trace(conn, lambda: conn.execute(INSERT_NOTE, ["bob", None]))
             conn.commit()
         (begin,) = [q for q in sent_queries(lines) if "BEGIN" in q]
         assert begin.count("SET LOCAL") == 5
@@ -265,10 +258,10 @@ def test_pipelines_of_their_own_rely_on_what_the_begin_carried(
     # BEGIN's settings (nothing ran before it in that pipeline), however many there are.
     with bob_after_alice(app_dsn) as conn:
         def writes() -> None:
-            conn.execute(INSERT, ["bob", None])
+            conn.execute(INSERT_NOTE, ["bob", None])
             for _ in range(3):
-                conn.cursor().executemany(INSERT, [["bob", None], ["bob", None]])
-            conn.execute(INSERT, ["bob", None])
+                conn.cursor().executemany(INSERT_NOTE, [["bob", None], ["bob", None]])
+            conn.execute(INSERT_NOTE, ["bob", None])
             conn.commit()
 
         _, lines = protocol_trace(conn, writes)

@@ -22,9 +22,9 @@ from audit_mw.pool import (
 )
 from tests._pool import (
     EMPTY_SETTINGS,
+    INSERT_NOTE,
     attribution,
     count_round_trips,
-    create_notes,
     note_events,
     read_settings,
     read_settings_async,
@@ -33,13 +33,6 @@ from tests._pool import (
 pytestmark = pytest.mark.db
 
 Conn = psycopg.Connection[Any]
-INSERT = "INSERT INTO notes (author, request_id) VALUES (%s, %s)"
-
-
-@pytest.fixture
-def notes(conn: Conn) -> Conn:
-    create_notes(conn, grant_to="audit_mw_test_app")
-    return conn
 
 
 @pytest.fixture
@@ -56,15 +49,15 @@ def test_a_user_set_after_checkout_and_after_a_first_query_is_on_every_later_wri
         with audit_context(user_id="anonymous", request_id="req-1"), pool.connection() as conn:
             # The ORM loads the session and the user through the same connection...
             conn.execute("SELECT 1")
-            conn.execute(INSERT, ["anonymous", "req-1"])
+            conn.execute(INSERT_NOTE, ["anonymous", "req-1"])
             set_user("alice")  # ... and only then does the app know who it is.
-            conn.execute(INSERT, ["alice", "req-1"])
+            conn.execute(INSERT_NOTE, ["alice", "req-1"])
             if not autocommit:
                 conn.commit()
-            conn.execute(INSERT, ["alice", "req-1"])
+            conn.execute(INSERT_NOTE, ["alice", "req-1"])
             with conn.transaction():
-                conn.execute(INSERT, ["alice", "req-1"])
-            conn.cursor().executemany(INSERT, [["alice", "req-1"]] * 2)
+                conn.execute(INSERT_NOTE, ["alice", "req-1"])
+            conn.cursor().executemany(INSERT_NOTE, [["alice", "req-1"]] * 2)
             with conn.transaction(), conn.cursor().copy("COPY notes (author) FROM STDIN") as copy:
                 copy.write_row(["alice"])
             if not autocommit:
@@ -80,18 +73,18 @@ def test_a_nested_context_attributes_inside_it_to_the_inner_identity_and_after_t
 ) -> None:
     pool = AuditPool(app_dsn, min_size=1, max_size=1, kwargs={"autocommit": autocommit})
     with pool, audit_context(user_id="outer"), pool.connection() as conn:
-        conn.execute(INSERT, ["outer", None])
+        conn.execute(INSERT_NOTE, ["outer", None])
         with audit_context(user_id="inner"):
-            conn.execute(INSERT, ["inner", None])
-            conn.execute(INSERT, ["inner", None])
-        conn.execute(INSERT, ["outer", None])
+            conn.execute(INSERT_NOTE, ["inner", None])
+            conn.execute(INSERT_NOTE, ["inner", None])
+        conn.execute(INSERT_NOTE, ["outer", None])
         # The same inside one transaction: transaction-local, and back to the outer.
         with conn.transaction():
-            conn.execute(INSERT, ["outer", None])
+            conn.execute(INSERT_NOTE, ["outer", None])
             with audit_context(user_id="inner"):
-                conn.execute(INSERT, ["inner", None])
-            conn.execute(INSERT, ["outer", None])
-        conn.execute(INSERT, ["outer", None])
+                conn.execute(INSERT_NOTE, ["inner", None])
+            conn.execute(INSERT_NOTE, ["outer", None])
+        conn.execute(INSERT_NOTE, ["outer", None])
         if not autocommit:
             conn.commit()
     assert attribution(notes) == [
@@ -102,29 +95,29 @@ def test_a_nested_context_attributes_inside_it_to_the_inner_identity_and_after_t
 
 def test_a_rollback_never_brings_back_a_previous_context(pool: AuditPool, notes: Conn) -> None:
     with audit_context(user_id="alice"), pool.connection() as conn:
-        conn.execute(INSERT, ["alice", None])
+        conn.execute(INSERT_NOTE, ["alice", None])
         conn.commit()
     with audit_context(user_id="bob"), pool.connection() as conn:
         # The settings went first, committed on their own: the rollback leaves them.
-        conn.execute(INSERT, ["rolled back", None])
+        conn.execute(INSERT_NOTE, ["rolled back", None])
         conn.rollback()
-        conn.execute(INSERT, ["bob", None])
+        conn.execute(INSERT_NOTE, ["bob", None])
         conn.commit()
         conn.execute("SELECT 1")
         # Changed inside a transaction: transaction-local; a rollback returns to bob, and
         # bob, known at session level, is sent no more.
         set_user("carol")
-        conn.execute(INSERT, ["carol, rolled back", None])
+        conn.execute(INSERT_NOTE, ["carol, rolled back", None])
         conn.rollback()
         with audit_context(user_id="bob"):
-            conn.execute(INSERT, ["bob", None])
+            conn.execute(INSERT_NOTE, ["bob", None])
             conn.commit()
         # Changed in a savepoint that is rolled back: still carol after it.
         with conn.transaction():
-            conn.execute(INSERT, ["carol", None])
+            conn.execute(INSERT_NOTE, ["carol", None])
             with pytest.raises(psycopg.errors.DivisionByZero):
                 write_then_fail(conn, "dave")
-            conn.execute(INSERT, ["carol", None])
+            conn.execute(INSERT_NOTE, ["carol", None])
         conn.commit()
     assert attribution(notes) == [
         ("alice", "alice"), ("bob", "bob"), ("bob", "bob"), ("carol", "carol"),
@@ -134,19 +127,19 @@ def test_a_rollback_never_brings_back_a_previous_context(pool: AuditPool, notes:
 
 def write_then_fail(conn: Conn, user: str) -> None:
     with conn.transaction(), audit_context(user_id=user):
-        conn.execute(INSERT, [f"{user}, rolled back", None])
+        conn.execute(INSERT_NOTE, [f"{user}, rolled back", None])
         conn.execute("SELECT 1/0")
 
 
 def test_a_failed_first_statement_leaves_no_wrong_context(pool: AuditPool, notes: Conn) -> None:
     with audit_context(user_id="alice"), pool.connection() as conn:
-        conn.execute(INSERT, ["alice", None])
+        conn.execute(INSERT_NOTE, ["alice", None])
     with pytest.raises(psycopg.errors.UndefinedTable), audit_context(user_id="bob"), \
             pool.connection() as conn:
         conn.execute("INSERT INTO no_such_table VALUES (1)")
     with pool.connection() as conn:
         assert read_settings(conn) == EMPTY_SETTINGS
-        conn.execute(INSERT, ["nobody", None])
+        conn.execute(INSERT_NOTE, ["nobody", None])
     assert attribution(notes) == [("alice", "alice"), ("nobody", None)]
 
 
@@ -154,12 +147,12 @@ def test_cursors_built_by_hand_and_server_side_cursors_carry_it_too(
     pool: AuditPool, notes: Conn
 ) -> None:
     with audit_context(user_id="alice"), pool.connection() as conn:
-        psycopg.Cursor(conn).execute(INSERT, ["alice", None])
+        psycopg.Cursor(conn).execute(INSERT_NOTE, ["alice", None])
         with audit_context(user_id="bob"):
             with conn.cursor("named") as named:
                 named.execute("SELECT current_setting('audit.user_id')")
                 assert named.fetchone() == ("bob",)
-            ClientCursor(conn).execute(INSERT, ["bob", None])
+            ClientCursor(conn).execute(INSERT_NOTE, ["bob", None])
         conn.commit()
     assert attribution(notes) == [("alice", "alice"), ("bob", "bob")]
 
@@ -171,14 +164,14 @@ def test_an_instrumented_connection_of_ones_own(app_dsn: str, notes: Conn) -> No
         assert type(conn.cursor()) is AuditClientCursor
         for user in ("alice", "bob", "bob", "carol"):
             with audit_context(user_id=user):
-                conn.execute(INSERT, [user, None])
+                conn.execute(INSERT_NOTE, [user, None])
                 conn.commit()
         # Something behind the package's back: forget, and it is sent again.
         conn.execute("RESET ALL")
         conn.commit()
         forget_context(conn)
         with audit_context(user_id="carol"):
-            conn.execute(INSERT, ["carol", None])
+            conn.execute(INSERT_NOTE, ["carol", None])
             conn.commit()
     with psycopg.connect(app_dsn, cursor_factory=RawCursor, autocommit=True) as conn:
         instrument_connection(conn)
@@ -197,11 +190,11 @@ def test_an_unchanged_context_sends_nothing(app_dsn: str, notes: Conn) -> None:
     with psycopg.connect(app_dsn, prepare_threshold=None) as conn:
         instrument_connection(conn)
         with audit_context(user_id="alice"):
-            conn.execute(INSERT, ["alice", None])
+            conn.execute(INSERT_NOTE, ["alice", None])
             conn.commit()
 
             def write() -> None:
-                conn.execute(INSERT, ["alice", None])
+                conn.execute(INSERT_NOTE, ["alice", None])
                 conn.commit()
 
             # BEGIN, INSERT, COMMIT: what a plain connection sends.
@@ -225,18 +218,18 @@ def test_async_connections_and_pools(app_dsn: str, notes: Conn) -> None:
             instrument_connection(conn)
             assert type(conn.cursor()) is AsyncAuditClientCursor
             async with audit_context(user_id="anonymous"):
-                await conn.execute(INSERT, ["anonymous", None])
+                await conn.execute(INSERT_NOTE, ["anonymous", None])
                 set_user("alice")
-                await conn.execute(INSERT, ["alice", None])
+                await conn.execute(INSERT_NOTE, ["alice", None])
                 await conn.commit()
         pool = AsyncAuditPool(app_dsn, min_size=1, max_size=1, open=False)
         async with pool, audit_context(user_id="anonymous"), pool.connection() as conn2:
             await conn2.execute("SELECT 1")
             set_user("bob")
-            await conn2.execute(INSERT, ["bob", None])
+            await conn2.execute(INSERT_NOTE, ["bob", None])
             async with audit_context(user_id="inner"):
-                await conn2.execute(INSERT, ["inner", None])
-            await conn2.execute(INSERT, ["bob", None])
+                await conn2.execute(INSERT_NOTE, ["inner", None])
+            await conn2.execute(INSERT_NOTE, ["bob", None])
 
     asyncio.run(main())
     assert attribution(notes) == [
@@ -277,7 +270,7 @@ def test_a_cancelled_or_broken_first_statement_leaves_no_context_for_the_next_bo
                     await task
                 async with pool.connection(timeout=10) as c:
                     seen.append(await read_settings_async(c))
-                    await c.execute(INSERT, ["nobody", None])
+                    await c.execute(INSERT_NOTE, ["nobody", None])
 
             async def broken() -> None:
                 async with audit_context(user_id="carol"), pool.connection() as c:
@@ -287,9 +280,9 @@ def test_a_cancelled_or_broken_first_statement_leaves_no_context_for_the_next_bo
                 await broken()
             async with pool.connection(timeout=10) as c:
                 seen.append(await read_settings_async(c))
-                await c.execute(INSERT, ["nobody", None])
+                await c.execute(INSERT_NOTE, ["nobody", None])
             async with audit_context(user_id="dave"), pool.connection() as c:
-                await c.execute(INSERT, ["dave", None])
+                await c.execute(INSERT_NOTE, ["dave", None])
         return seen
 
     assert asyncio.run(main()) == [EMPTY_SETTINGS] * 3
@@ -304,15 +297,15 @@ def test_inside_the_applications_own_pipeline(
         instrument_connection(conn)
         with audit_context(user_id="alice"):
             with conn.pipeline():
-                conn.execute(INSERT, ["alice", None])
+                conn.execute(INSERT_NOTE, ["alice", None])
                 with audit_context(user_id="bob"):
-                    conn.execute(INSERT, ["bob", None])
-                    conn.cursor().executemany(INSERT, [["bob", None]] * 2)
-                conn.execute(INSERT, ["alice", None])
-            conn.execute(INSERT, ["alice", None])
+                    conn.execute(INSERT_NOTE, ["bob", None])
+                    conn.cursor().executemany(INSERT_NOTE, [["bob", None]] * 2)
+                conn.execute(INSERT_NOTE, ["alice", None])
+            conn.execute(INSERT_NOTE, ["alice", None])
             conn.commit()
         with audit_context(user_id="carol"), conn.pipeline():
-            conn.execute(INSERT, ["carol", None])
+            conn.execute(INSERT_NOTE, ["carol", None])
         conn.commit()
         assert read_settings(conn) == EMPTY_SETTINGS
     assert attribution(notes) == [
@@ -332,7 +325,7 @@ def test_a_reset_callback_makes_the_pool_forget_what_the_connection_holds(
     with AuditPool(app_dsn, min_size=1, max_size=1, reset=reset) as pool:
         for _ in range(2):  # the same context twice: the second one must be sent again
             with audit_context(alice), pool.connection() as conn:
-                conn.execute(INSERT, ["alice", None])
+                conn.execute(INSERT_NOTE, ["alice", None])
     assert attribution(notes) == [("alice", "alice")] * 2
 
 
@@ -346,7 +339,7 @@ def test_transaction_mode_covers_server_side_cursors_and_leaves_nothing_in_the_s
             assert named.fetchone() == ("alice",)
         conn.commit()
         with audit_context(user_id="bob"):
-            psycopg.Cursor(conn).execute(INSERT, ["bob", None])
+            psycopg.Cursor(conn).execute(INSERT_NOTE, ["bob", None])
             conn.commit()
         conn.autocommit = True
         assert read_settings(conn) == EMPTY_SETTINGS  # nothing at session level
@@ -360,7 +353,7 @@ def test_set_transaction_stays_the_first_statement_of_its_transaction(
     with psycopg.connect(app_dsn) as conn:
         instrument_connection(conn, context_mode=mode)  # type: ignore[arg-type]
         with audit_context(user_id="alice"):
-            conn.execute(INSERT, ["alice", None])
+            conn.execute(INSERT_NOTE, ["alice", None])
             conn.commit()
             set_user("bob")  # changed: inside a transaction it would go transaction-local
             for statement in (
@@ -377,7 +370,7 @@ def test_set_transaction_stays_the_first_statement_of_its_transaction(
                     assert read_settings(conn)["audit.user_id"] == "bob"
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                conn.execute(INSERT, ["bob", None])
+                conn.execute(INSERT_NOTE, ["bob", None])
     assert attribution(notes) == [("alice", "alice"), ("bob", "bob")]
 
 
@@ -391,5 +384,5 @@ def test_statements_that_cannot_run_in_a_transaction_block_in_transaction_mode(
             conn.execute("-- keep it small\nVACUUM notes")
             conn.execute("CREATE INDEX CONCURRENTLY notes_author ON notes (author)")
             conn.execute("DROP INDEX CONCURRENTLY notes_author")
-            conn.execute(INSERT, ["alice", None])
+            conn.execute(INSERT_NOTE, ["alice", None])
     assert attribution(notes) == [("alice", "alice")]

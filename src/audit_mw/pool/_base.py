@@ -16,7 +16,6 @@ from typing import Any, Final, Literal, TypeVar, get_args
 from psycopg import BaseConnection, pq
 
 from audit_mw._sql import statement
-from audit_mw.context import AuditContext
 from audit_mw.errors import ConfigurationError
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "check_session_apply",
     "derive_cursor_class",
     "register_cursor_class",
-    "setting_values",
     "underlying_cursor_class",
 ]
 
@@ -53,11 +51,6 @@ def check_mode(mode: object) -> ContextMode:
 def apply_statement(local: bool) -> bytes:
     """The statement that sets every ``audit.*`` setting; bytes, ready for execute()."""
     return statement("pool", "apply_local" if local else "apply_session").encode()
-
-
-def setting_values(context: AuditContext) -> tuple[str, ...]:
-    """The parameters of :func:`apply_statement`, in :data:`SETTING_NAMES` order."""
-    return context.setting_values()
 
 
 def check_session_apply(conn: BaseConnection[Any]) -> None:

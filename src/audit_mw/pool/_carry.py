@@ -79,7 +79,7 @@ from psycopg.pq.abc import PGconn
 from audit_mw._sql import query
 from audit_mw.context import SETTING_NAMES, AuditContext, current
 from audit_mw.errors import ConfigurationError
-from audit_mw.pool._base import ContextMode, apply_statement, check_mode, setting_values
+from audit_mw.pool._base import ContextMode, apply_statement, check_mode
 
 if TYPE_CHECKING:
     from psycopg._pipeline_base import BasePipeline
@@ -97,6 +97,7 @@ __all__ = [
     "refuse_unattributed",
     "state_of",
     "streaming",
+    "suspend_context",
 ]
 
 _IDLE: Final = pq.TransactionStatus.IDLE
@@ -189,6 +190,18 @@ def forget_context(conn: BaseConnection[Any]) -> None:
         state.pending = None
         state.carried = None
         state.dirty = True
+
+
+def suspend_context(conn: BaseConnection[Any]) -> None:
+    """Statements on ``conn`` carry no context until :func:`instrument_connection` is called
+    on it again.
+
+    For a connection going back to a pool you manage (an ORM's): what its pool runs there
+    (checks, resets) is nobody's action, and must not set a context at session level that a
+    reset in the same breath would wipe out unseen. The audit pools do the same on return.
+    No I/O; what the connection is known to hold is kept (see :func:`forget_context`).
+    """
+    state_of(conn).active = False
 
 
 def _plan(
@@ -583,7 +596,7 @@ def _commands(
     plan: int, state: State, context: AuditContext, begin: bytes | bool, encoding: str
 ) -> _Commands:
     """What to send for ``plan``, and the state it leaves; ``begin``: the BEGIN that is due."""
-    values = [value.encode(encoding) for value in setting_values(context)]
+    values = [value.encode(encoding) for value in context.setting_values()]
     commands: _Commands = []
     if plan == _SESSION:
         state.known = None

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from psycopg import AsyncConnection, BaseConnection, Connection
 
 from audit_mw.pool._base import ContextMode, derive_cursor_class
-from audit_mw.pool._carry import forget_context, install_hook, state_of
+from audit_mw.pool._carry import forget_context, install_hook, suspend_context
 from audit_mw.pool.async_ import AsyncAuditCursor
 from audit_mw.pool.sync import AuditCursor
 
@@ -41,15 +41,3 @@ def instrument_connection(
     else:
         raise TypeError(f"expected a psycopg connection, not {type(conn).__name__}")
     return conn
-
-
-def suspend_context(conn: BaseConnection[Any]) -> None:
-    """Statements on ``conn`` carry no context until :func:`instrument_connection` is called
-    on it again.
-
-    For a connection going back to a pool you manage (an ORM's): what its pool runs there
-    (checks, resets) is nobody's action, and must not set a context at session level that a
-    reset in the same breath would wipe out unseen. The audit pools do the same on return.
-    No I/O; what the connection is known to hold is kept (see :func:`forget_context`).
-    """
-    state_of(conn).active = False

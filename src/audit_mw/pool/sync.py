@@ -26,7 +26,6 @@ from audit_mw.pool._base import (
     check_session_apply,
     derive_cursor_class,
     register_cursor_class,
-    setting_values,
     underlying_cursor_class,
 )
 from audit_mw.pool._carry import (
@@ -41,6 +40,7 @@ from audit_mw.pool._carry import (
     refuse_unattributed,
     state_of,
     streaming,
+    suspend_context,
 )
 
 __all__ = [
@@ -114,7 +114,7 @@ class AuditPool(ConnectionPool[CT]):
         """Return a connection to the pool (see ``ConnectionPool.putconn``)."""
         # The pool's own checks and resets run with the connection's own cursors again,
         # and carry no context.
-        state_of(conn).active = False
+        suspend_context(conn)
         if self._reset is not None:
             # It may run RESET ALL or DISCARD ALL: what the connection carries is unknown.
             forget_context(conn)
@@ -142,14 +142,14 @@ def apply_context(
     if local:
         check_local_apply(conn)
         state.dirty = True
-        _execute(conn, apply_statement(True), setting_values(context), prepare=False)
+        _execute(conn, apply_statement(True), context.setting_values(), prepare=False)
         return context
     check_session_apply(conn)
     known = state.known
     if known is not None and (known is context or known == context):
         return context
     state.known = None
-    values = setting_values(context)
+    values = context.setting_values()
     if conn.autocommit:
         _execute(conn, apply_statement(False), values, prepare=None)
     else:
